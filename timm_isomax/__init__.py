@@ -1,0 +1,49 @@
+"""timm-isomax: IsoMax and IsoMax+ out-of-distribution detection for every timm architecture.
+
+``import timm_isomax`` registers ``<arch>_isomaxplus`` and ``<arch>_isomax`` for every timm classification
+architecture in timm's own registry::
+
+    import timm, timm_isomax
+    model = timm.create_model("resnet50_isomaxplus", num_classes=10)
+    logits = model(images)                                   # -|s| * ||f^ - p^_c||
+    loss = timm_isomax.IsoMaxPlusLoss()(logits, targets)     # entropic scale 10
+    ood_score = timm_isomax.scores.mds(logits)               # higher = more in-distribution
+
+timm has no plugin discovery: the import must come before ``timm.create_model`` (also for ``hf-hub:``
+names of IsoMax models).
+"""
+from . import scores
+from .heads import IsoMaxHead, IsoMaxPlusHead, euclidean_distances
+from .losses import IsoMaxLoss, IsoMaxPlusLoss
+from .metrics import auroc
+from .model import HEAD_TYPES, IsoMaxClassifier
+from .registry import (
+    base_architecture,
+    create_model,
+    is_classification_architecture,
+    list_isomax_models,
+    register_all,
+    register_isomax_variants,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IsoMaxPlusHead",
+    "IsoMaxHead",
+    "IsoMaxPlusLoss",
+    "IsoMaxLoss",
+    "IsoMaxClassifier",
+    "HEAD_TYPES",
+    "scores",
+    "auroc",
+    "euclidean_distances",
+    "create_model",
+    "register_isomax_variants",
+    "register_all",
+    "list_isomax_models",
+    "base_architecture",
+    "is_classification_architecture",
+]
+
+register_all()

@@ -1,0 +1,281 @@
+"""Registers ``<arch>_isomaxplus`` and ``<arch>_isomax`` in timm's own registry, for every timm
+classification architecture, with the base architecture's pretrained tags mirrored.
+
+After ``import timm_isomax``::
+
+    timm.create_model("resnet50_isomaxplus", num_classes=10)                   # fresh model
+    timm.create_model("resnet50_isomaxplus.a1_in1k", pretrained=True, num_classes=10)
+    #   -> backbone weights of resnet50.a1_in1k, loaded by timm's own path; fresh IsoMax+ head
+    timm.create_model("local-dir:path/to/isomax_model", pretrained=True)       # a saved IsoMax model
+
+Where the weights come from decides how they load:
+
+* a mirrored tag of the base architecture (``resnet50_isomaxplus.a1_in1k``): SoftMax weights of the base,
+  loaded into the backbone by timm exactly as ``timm.create_model("resnet50.a1_in1k")`` would
+  (custom loaders, checkpoint filters and ``in_chans`` adaptation included);
+* any other source (``hf-hub:``, ``local-dir:``, a ``pretrained_cfg`` dict or ``file=`` overlay):
+  a whole IsoMax model checkpoint (``backbone.*`` and ``head.*`` keys), checked key by key.
+"""
+import dataclasses
+import difflib
+from collections import deque
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import timm
+import torch
+from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_model, resolve_pretrained_cfg
+
+from . import isomax_models
+from ._timm_compat import DefaultCfg, PretrainedCfg, prefix_layer_names
+from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier
+
+__all__ = [
+    "register_isomax_variants",
+    "register_all",
+    "list_isomax_models",
+    "base_architecture",
+    "is_classification_architecture",
+    "create_model",
+    "ENCODER_ONLY_SUFFIX",
+]
+
+# timm's encoder-only archs (deepseek_vit_412m_enc, gemma4_vit_*_enc, qwen3_vit_*_enc, mobilenetv5_300m_enc)
+# output tokens and have no classifier or pre-logits; all 7 in timm 1.0.31 carry this suffix.
+ENCODER_ONLY_SUFFIX = "_enc"
+
+# isomax architecture name -> (base architecture, head type)
+_VARIANTS: Dict[str, Tuple[str, str]] = {}
+
+
+def _suffix(head_type: str) -> str:
+    return "_" + head_type
+
+
+def base_architecture(model_name: str) -> Tuple[str, str]:
+    """Split a registered IsoMax model name into (base architecture, head type).
+
+    Example:
+        >>> base_architecture("resnet50_isomaxplus.a1_in1k")
+        ('resnet50', 'isomaxplus')
+    """
+    arch = timm.models.get_arch_name(model_name)
+    try:
+        return _VARIANTS[arch]
+    except KeyError:
+        raise ValueError(f"{arch!r} is not a registered IsoMax architecture. {_suggest(arch)}") from None
+
+
+def is_classification_architecture(arch: str) -> bool:
+    """Whether ``arch`` is a timm architecture that can carry an IsoMax head (has pre-logits)."""
+    return timm.is_model(arch) and arch not in _VARIANTS and not arch.endswith(ENCODER_ONLY_SUFFIX)
+
+
+def _mirror_pretrained_cfg(cfg: PretrainedCfg) -> PretrainedCfg:
+    # The mirrored cfg describes the IsoMax model: layer names under the wrapper's prefix, the head as
+    # classifier. Weight location and num_classes stay the source's (they say what the weights are).
+    return dataclasses.replace(
+        cfg,
+        first_conv=prefix_layer_names(cfg.first_conv, BACKBONE_PREFIX),
+        classifier="head",
+    )
+
+
+def _mirrored_default_cfg(base_arch: str) -> DefaultCfg:
+    tags: List[str] = []
+    cfgs: Dict[str, PretrainedCfg] = {}
+    for name, cfg in get_arch_pretrained_cfgs(base_arch).items():
+        tag = timm.models.split_model_name_tag(name)[1]
+        tags.append(tag)
+        cfgs[tag] = _mirror_pretrained_cfg(cfg)
+    if not tags:  # an arch registered without any cfg still needs one to build
+        tags, cfgs = [""], {"": PretrainedCfg()}
+    return DefaultCfg(tags=deque(tags), cfgs=cfgs, is_pretrained=any(c.has_weights for c in cfgs.values()))
+
+
+def _make_entrypoint(name: str, base_arch: str, head_type: str) -> Callable[..., torch.nn.Module]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        return _create_isomax_model(name, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = isomax_models.__name__
+    entrypoint.__doc__ = f"{base_arch} backbone with an {head_type} head (timm_isomax)."
+    return entrypoint
+
+
+def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(HEAD_TYPES)) -> List[str]:
+    """Register ``<base_arch>_<head_type>`` in timm's registry and return the names.
+
+    ``import timm_isomax`` does this for every timm classification architecture; call it yourself for
+    architectures registered later (your own ``@register_model`` functions). Registering twice is a no-op.
+
+    Example:
+        >>> register_isomax_variants("resnet18")
+        ['resnet18_isomaxplus', 'resnet18_isomax']
+    """
+    if not timm.is_model(base_arch):
+        raise ValueError(f"unknown timm architecture {base_arch!r}. {_suggest(base_arch, include_isomax=False)}")
+    if not is_classification_architecture(base_arch):
+        raise ValueError(
+            f"{base_arch!r} has no classifier and no pre-logits (an encoder-only or IsoMax architecture), "
+            f"so it cannot carry an IsoMax head."
+        )
+    names = []
+    for head_type in head_types:
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
+        name = base_arch + _suffix(head_type)
+        names.append(name)
+        if name in _VARIANTS:
+            continue
+        isomax_models.default_cfgs[name] = _mirrored_default_cfg(base_arch)
+        _VARIANTS[name] = (base_arch, head_type)
+        register_model(_make_entrypoint(name, base_arch, head_type))
+    return names
+
+
+def register_all() -> int:
+    """Register both variants of every timm classification architecture; returns how many names exist."""
+    for arch in timm.list_models():
+        if is_classification_architecture(arch):
+            register_isomax_variants(arch)
+    return len(_VARIANTS)
+
+
+def list_isomax_models(filter: str = "", head_type: Optional[str] = None) -> List[str]:
+    """Registered IsoMax architecture names, optionally filtered (fnmatch) and by head type."""
+    names = timm.list_models(filter or "*", module=isomax_models.__name__.split(".")[-1])
+    return [n for n in names if head_type is None or _VARIANTS.get(n, ("", ""))[1] == head_type]
+
+
+def _suggest(name: str, include_isomax: bool = True) -> str:
+    arch = timm.models.get_arch_name(name)
+    pool = timm.list_models() if include_isomax else [n for n in timm.list_models() if n not in _VARIANTS]
+    close = difflib.get_close_matches(arch, pool, n=3, cutoff=0.6)
+    hint = f"Closest matches: {', '.join(close)}." if close else "See timm.list_models('*_isomaxplus')."
+    return hint
+
+
+def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
+    """``timm.create_model`` with a one-line error naming the closest architectures for unknown names.
+
+    Example:
+        >>> model = create_model("resnet18_isomaxplus", num_classes=10)
+    """
+    source, model_id = timm.models.parse_model_name(model_name)
+    if source is None and not timm.is_model(timm.models.get_arch_name(model_id)):
+        raise ValueError(f"unknown model {model_name!r}. {_suggest(model_id)}")
+    return timm.create_model(model_name, **kwargs)
+
+
+# --- building -------------------------------------------------------------------------------------
+# pretrained_cfg fields that say where weights are; an overlay that sets one replaces the registry source.
+_WEIGHT_SOURCE_KEYS = ("file", "url", "hf_hub_id", "state_dict")
+
+
+def _create_isomax_model(
+    variant: str,
+    pretrained: bool = False,
+    pretrained_cfg: Any = None,
+    pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+    cache_dir: Any = None,
+    distance_mode: str = "matmul",
+    **kwargs: Any,
+) -> torch.nn.Module:
+    base_arch, head_type = _VARIANTS[variant]
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    # A tag (or no cfg) resolves to a mirrored cfg of the base architecture: its weights are the base's
+    # SoftMax weights and load through timm's path for the base. Anything else (a cfg given whole by
+    # hf-hub:/local-dir:, or an overlay with its own file/url) is read and judged by its keys.
+    registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not any(
+        (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
+    )
+    features_only = kwargs.pop("features_only", False)
+    feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
+
+    if not pretrained or registry_weights:
+        base_source = dict(pretrained_cfg=cfg.tag, pretrained_cfg_overlay=pretrained_cfg_overlay, cache_dir=cache_dir)
+        if features_only:
+            kwargs.pop("num_classes", None)
+            return timm.create_model(base_arch, pretrained=pretrained, features_only=True,
+                                     **base_source, **feature_kwargs, **kwargs)
+        num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
+        backbone = timm.create_model(base_arch, pretrained=pretrained, num_classes=0, **base_source, **kwargs)
+        model = IsoMaxClassifier(backbone, num_classes, head_type=head_type, distance_mode=distance_mode)
+    else:
+        model = _load_saved_weights(variant, cfg, distance_mode, cache_dir, kwargs)
+        if features_only:
+            kwargs.pop("num_classes", None)
+            backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=model.backbone.state_dict())
+            return timm.create_model(base_arch, pretrained=True, pretrained_cfg=backbone_cfg, features_only=True,
+                                     **feature_kwargs, **kwargs)
+    model.pretrained_cfg = model.default_cfg = cfg.to_dict()
+    return model
+
+
+def _base_pretrained_cfg(base_arch: str) -> PretrainedCfg:
+    return timm.models.get_pretrained_cfg(base_arch) or PretrainedCfg(architecture=base_arch)
+
+
+def _resolve_num_classes(variant: str, num_classes: Optional[int], cfg: PretrainedCfg) -> int:
+    if num_classes is None:
+        num_classes = cfg.num_classes
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(
+            f"{variant} needs num_classes >= 1 (its head holds one prototype per class), got {num_classes!r}; "
+            f"pass num_classes=K, or use the base architecture for a headless feature extractor."
+        )
+    return num_classes
+
+
+class _SoftMaxStateDict(Exception):
+    """Raised by the checkpoint filter to hand a SoftMax (base architecture) state dict back."""
+
+    def __init__(self, state_dict: Dict[str, torch.Tensor]):
+        super().__init__("SoftMax checkpoint")
+        self.state_dict = state_dict
+
+
+def _load_saved_weights(variant: str, cfg: PretrainedCfg, distance_mode: str, cache_dir: Any,
+                        kwargs: Dict[str, Any]) -> IsoMaxClassifier:
+    """Build ``variant`` with the weights ``cfg`` locates, read by timm's loaders.
+
+    An IsoMax checkpoint loads whole, checked key by key. A SoftMax checkpoint of the base architecture
+    loads into the backbone through timm's path for the base (its checkpoint filter included); the head
+    starts fresh.
+    """
+    base_arch, head_type = _VARIANTS[variant]
+    num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
+    backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **kwargs)
+    model = IsoMaxClassifier(backbone, num_classes, head_type=head_type, distance_mode=distance_mode)
+    model.pretrained_cfg = model.default_cfg = cfg.to_dict()
+    try:
+        load_pretrained(model, pretrained_cfg=cfg.to_dict(), num_classes=num_classes,
+                        in_chans=kwargs.get("in_chans", 3), filter_fn=_isomax_checkpoint_filter,
+                        strict=True, cache_dir=cache_dir)
+    except _SoftMaxStateDict as softmax:
+        backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=softmax.state_dict)
+        model.backbone = timm.create_model(base_arch, pretrained=True, pretrained_cfg=backbone_cfg,
+                                           num_classes=0, **kwargs)
+    return model
+
+
+def _isomax_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: IsoMaxClassifier):
+    """Check a checkpoint against an IsoMax model key by key; drop the head if its class count differs."""
+    if not any(k.startswith(BACKBONE_PREFIX) or k.startswith("head.") for k in state_dict):
+        raise _SoftMaxStateDict(state_dict)
+    state_dict = dict(state_dict)
+    expected = model.state_dict()
+    prototypes = state_dict.get("head.prototypes")
+    if prototypes is not None and prototypes.shape[0] != model.num_classes:
+        # Different class count: keep the backbone, start a fresh head (timm's num_classes semantics).
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match {model.pretrained_cfg.get('architecture') or 'the model'}: "
+            f"{len(missing)} missing keys (first: {missing[:3]}), {len(unexpected)} unexpected keys "
+            f"(first: {unexpected[:3]}); is it a checkpoint of another architecture?"
+        )
+    return state_dict

@@ -1,0 +1,159 @@
+"""Image datasets through Hugging Face ``datasets``, as timm models consume them.
+
+:func:`load_image_dataset` takes what users have: a Hub dataset id, a Parquet file, a folder of
+``<split>.parquet`` files (the layout of ``../shared/data``), a folder saved with ``save_to_disk``, an
+image folder; or ``"sklearn-digits"``, scikit-learn's bundled 8x8 handwritten digits, real data that
+``pip`` installs, so everything here runs on a machine without network or shared data.
+"""
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "SKLEARN_DIGITS",
+    "load_image_dataset",
+    "find_columns",
+    "select_classes",
+    "ImageDataset",
+    "materialize",
+]
+
+SKLEARN_DIGITS = "sklearn-digits"
+
+
+def _sklearn_digits(seed: int = 0, test_fraction: float = 0.3) -> datasets.DatasetDict:
+    from sklearn.datasets import load_digits  # an optional extra: only this source needs it
+
+    digits = load_digits()
+    # 8x8 images with 17 grey levels (0..16) -> 8-bit greyscale PIL images.
+    images = [Image.fromarray((img * 255.0 / 16.0).round().astype(np.uint8), mode="L") for img in digits.images]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    full = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
+    split = full.train_test_split(test_size=test_fraction, seed=seed, stratify_by_column="label")
+    return datasets.DatasetDict(train=split["train"], test=split["test"])
+
+
+def _load_local(path: Path, cache_dir: Optional[str]) -> datasets.DatasetDict:
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise ValueError(f"{path}: a dataset file must be Parquet (.parquet); for images use their folder.")
+        return datasets.load_dataset("parquet", data_files={path.stem: str(path)}, cache_dir=cache_dir)
+    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+    parquet_files = sorted(path.glob("*.parquet"))
+    if parquet_files:
+        return datasets.load_dataset("parquet", data_files={p.stem: str(p) for p in parquet_files}, cache_dir=cache_dir)
+    return datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
+
+
+def load_image_dataset(
+    source: str, split: Optional[str] = None, cache_dir: Optional[str] = None
+) -> Union[datasets.Dataset, datasets.DatasetDict]:
+    """Load an image classification dataset; one split if ``split`` is given, else all of them.
+
+    Args:
+        source: ``"sklearn-digits"``, a local path (Parquet file, folder of ``<split>.parquet``,
+            ``save_to_disk`` folder, image folder) or a Hugging Face Hub dataset id.
+        split: the split to return (``"train"``, ``"test"``, ...).
+        cache_dir: where ``datasets`` keeps its cache.
+
+    Example:
+        >>> test = load_image_dataset("../shared/data/mnist", split="test")
+        >>> test.features["label"].names[:3]
+        ['0', '1', '2']
+    """
+    if source == SKLEARN_DIGITS:
+        splits = _sklearn_digits()
+    elif Path(source).exists():
+        splits = _load_local(Path(source), cache_dir)
+    else:
+        try:
+            splits = datasets.load_dataset(source, cache_dir=cache_dir)
+        except Exception as error:  # datasets raises many types; the user needs one sentence
+            raise ValueError(
+                f"could not load dataset {source!r}: it is not a local path, and loading it as a Hugging Face "
+                f"Hub id failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                f"Check the path, or the id and your network / HF_HUB_OFFLINE setting."
+            ) from None
+    if split is None:
+        return splits
+    if split not in splits:
+        raise ValueError(f"dataset {source!r} has no split {split!r}; its splits are {sorted(splits)}.")
+    return splits[split]
+
+
+def find_columns(
+    dataset: datasets.Dataset, image_column: Optional[str] = None, label_column: Optional[str] = None
+) -> Tuple[str, Optional[str]]:
+    """The image column and the label column (``None`` where the dataset has no labels).
+
+    Detected from the features (``datasets.Image`` / ``datasets.ClassLabel``, else an integer column
+    named ``label`` or ``labels``) unless given.
+    """
+    features = dataset.features
+    for given, kind in ((image_column, "image"), (label_column, "label")):
+        if given is not None and given not in features:
+            raise ValueError(f"no {kind} column {given!r}; the dataset's columns are {list(features)}.")
+    if image_column is None:
+        image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
+        if not image_columns:
+            raise ValueError(f"no image column found among {list(features)}; pass image_column=...")
+        image_column = image_columns[0]
+    if label_column is None:
+        class_labels = [name for name, f in features.items() if isinstance(f, datasets.ClassLabel)]
+        named = [n for n in ("label", "labels") if n in features and getattr(features[n], "dtype", "").startswith("int")]
+        label_column = (class_labels or named or [None])[0]
+    return image_column, label_column
+
+
+def select_classes(dataset: datasets.Dataset, classes: Sequence[int], label_column: str = "label") -> datasets.Dataset:
+    """The rows whose label is in ``classes`` (e.g. for held-out-class OOD protocols)."""
+    wanted = set(int(c) for c in classes)
+    labels = dataset[label_column]
+    return dataset.select([i for i, y in enumerate(labels) if y in wanted])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` of images as ``(tensor, label)`` pairs for a timm model.
+
+    Images are converted to ``mode`` (``"RGB"`` or ``"L"``, from the model's input channels), then
+    ``transform`` (e.g. ``timm.data.create_transform``) is applied. Rows without a label give -1.
+
+    Args:
+        dataset: the Hugging Face dataset.
+        transform: PIL image -> tensor.
+        mode: PIL mode the model takes.
+        image_column / label_column: detected by :func:`find_columns` unless given.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable, mode: str = "RGB",
+                 image_column: Optional[str] = None, label_column: Optional[str] = None):
+        self.dataset = dataset
+        self.transform = transform
+        self.mode = mode
+        self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        row = self.dataset[index]
+        image = row[self.image_column].convert(self.mode)
+        label = row[self.label_column] if self.label_column is not None else -1
+        return self.transform(image), -1 if label is None else int(label)
+
+
+def materialize(dataset: torch.utils.data.Dataset, batch_size: int = 256) -> torch.utils.data.TensorDataset:
+    """Run a (deterministic) dataset once and keep the tensors in memory: small sets, repeated epochs."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    images: List[torch.Tensor] = []
+    labels: List[torch.Tensor] = []
+    for x, y in loader:
+        images.append(x)
+        labels.append(torch.as_tensor(y))
+    return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))

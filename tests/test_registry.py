@@ -226,3 +226,25 @@ def test_architectures_registered_later_can_be_added():
     model = timm.create_model("tiny_custom_resnet_isomaxplus", num_classes=3)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     assert timm_isomax.base_architecture("tiny_custom_resnet_isomaxplus.sometag") == ("tiny_custom_resnet", "isomaxplus")
+
+
+def test_save_pretrained_round_trips_weights_labels_preprocessing_and_ood_config(tmp_path):
+    from timm_isomax.hub import read_config, save_pretrained
+
+    torch.manual_seed(4)
+    model = timm.create_model("resnet10t_isomaxplus.c3_in1k", num_classes=3, in_chans=1).eval()
+    model.update_ood_config(threshold=-1.25, tpr=0.95)
+    data_config = dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,), crop_pct=1.0, interpolation="bilinear")
+    folder = save_pretrained(model, tmp_path / "m", label_names=["a", "b", "c"], data_config=data_config, tag="demo")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no pickle
+    config = read_config(folder)
+    assert (config["architecture"], config["num_classes"], config["label_names"]) == ("resnet10t_isomaxplus", 3, ["a", "b", "c"])
+    assert config["pretrained_cfg"]["tag"] == "demo" and "hf_hub_id" not in config["pretrained_cfg"]
+    assert config["isomax"] == dict(head_type="isomaxplus", score="mds", threshold=-1.25, tpr=0.95)
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.ood_config == model.ood_config and loaded.pretrained_cfg["label_names"] == ["a", "b", "c"]
+    assert timm.data.resolve_data_config({}, model=loaded)["input_size"] == (1, 32, 32)
+    with pytest.raises(ValueError, match="unknown ood_config keys"):
+        loaded.update_ood_config(treshold=1.0)

@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple, Union
 from torch import nn
 from timm.models._pretrained import DefaultCfg, PretrainedCfg  # noqa: F401  (re-exported for the registry)
 
-__all__ = ["DefaultCfg", "PretrainedCfg", "prefix_layer_names", "copy_traits"]
+__all__ = ["DefaultCfg", "PretrainedCfg", "prefix_layer_names", "copy_traits", "record_model_arg", "save_timm_config"]
 
 LayerNames = Optional[Union[str, Tuple[str, ...]]]
 
@@ -29,3 +29,17 @@ def copy_traits(source: nn.Module, target: nn.Module, prefix: str) -> None:
     if "first_conv" in traits:
         traits["first_conv"] = prefix_layer_names(traits["first_conv"], prefix)
     target._traits = traits
+
+
+def save_timm_config(model: nn.Module, path: str, extra: Optional[dict] = None, data_config: Optional[dict] = None) -> None:
+    """Write timm's ``config.json`` for ``model`` (timm's own writer, not re-exported by ``timm.models``),
+    with ``extra`` keys at the top level: ``pretrained_cfg`` accepts only PretrainedCfg fields."""
+    from timm.models._hub import save_config_for_hf
+
+    save_config_for_hf(model, path, model_config=dict(extra or {}), data_config=data_config)
+
+
+def record_model_arg(model: nn.Module, name: str, value: Any) -> None:
+    """Record a construction argument changed after construction, so timm's config export saves it
+    (timm keeps them in ``model._model_args``; ``timm.create_model`` fills it after the entrypoint)."""
+    model._model_args = dict(getattr(model, "_model_args", {}), **{name: value})

@@ -16,9 +16,11 @@ from torch import nn
 from . import _timm_compat
 from .heads import IsoMaxHead, IsoMaxPlusHead
 
-__all__ = ["IsoMaxClassifier", "HEAD_TYPES"]
+__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES"]
 
 HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead}
+# The OOD score each head is designed for (the papers' choice).
+DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic"}
 
 BACKBONE_PREFIX = "backbone."
 
@@ -65,6 +67,10 @@ class IsoMaxClassifier(nn.Module):
         num_classes: number of classes (>= 1).
         head_type: ``"isomaxplus"`` or ``"isomax"``.
         distance_mode: ``"matmul"`` (default) or ``"cdist"`` (exact reference form).
+        ood_config: how this model flags OOD inputs: ``score`` (default: ``"mds"`` for IsoMax+,
+            ``"entropic"`` for IsoMax) and ``threshold`` (a score below it is OOD; ``None`` until fitted).
+            Recorded in the model's construction arguments, so it is saved in config.json and restored
+            by ``timm.create_model("local-dir:...")`` / ``hf-hub:``.
 
     Example:
         >>> import timm
@@ -74,7 +80,7 @@ class IsoMaxClassifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_type: str = "isomaxplus",
-                 distance_mode: str = "matmul"):
+                 distance_mode: str = "matmul", ood_config: Optional[Dict[str, Any]] = None):
         super().__init__()
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head_type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
@@ -93,6 +99,17 @@ class IsoMaxClassifier(nn.Module):
             self.feature_info = backbone.feature_info
         self.pretrained_cfg: Dict[str, Any] = {}
         self.default_cfg = self.pretrained_cfg
+        self.ood_config: Dict[str, Any] = dict(score=DEFAULT_OOD_SCORES[head_type], threshold=None)
+        self.update_ood_config(**(ood_config or {}))
+
+    def update_ood_config(self, **values: Any) -> Dict[str, Any]:
+        """Update ``ood_config`` (e.g. a fitted threshold) and record it for saving; returns it."""
+        unknown = set(values) - {"score", "threshold", "tpr", "fitted_on"}
+        if unknown:
+            raise ValueError(f"unknown ood_config keys {sorted(unknown)}; allowed: score, threshold, tpr, fitted_on.")
+        self.ood_config.update(values)
+        _timm_compat.record_model_arg(self, "ood_config", dict(self.ood_config))
+        return self.ood_config
 
     def _make_head(self, num_classes: int, distance_mode: str) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:

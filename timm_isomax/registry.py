@@ -179,9 +179,12 @@ def _create_isomax_model(
     pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
     cache_dir: Any = None,
     distance_mode: str = "matmul",
+    ood_config: Optional[Dict[str, Any]] = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
     base_arch, head_type = _VARIANTS[variant]
+    # arguments of the wrapper rather than of the backbone
+    wrapper_kwargs = dict(head_type=head_type, distance_mode=distance_mode, ood_config=ood_config)
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
     # A tag (or no cfg) resolves to a mirrored cfg of the base architecture: its weights are the base's
     # SoftMax weights and load through timm's path for the base. Anything else (a cfg given whole by
@@ -200,9 +203,9 @@ def _create_isomax_model(
                                      **base_source, **feature_kwargs, **kwargs)
         num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
         backbone = timm.create_model(base_arch, pretrained=pretrained, num_classes=0, **base_source, **kwargs)
-        model = IsoMaxClassifier(backbone, num_classes, head_type=head_type, distance_mode=distance_mode)
+        model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
     else:
-        model = _load_saved_weights(variant, cfg, distance_mode, cache_dir, kwargs)
+        model = _load_saved_weights(variant, cfg, wrapper_kwargs, cache_dir, kwargs)
         if features_only:
             kwargs.pop("num_classes", None)
             backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=model.backbone.state_dict())
@@ -235,7 +238,7 @@ class _SoftMaxStateDict(Exception):
         self.state_dict = state_dict
 
 
-def _load_saved_weights(variant: str, cfg: PretrainedCfg, distance_mode: str, cache_dir: Any,
+def _load_saved_weights(variant: str, cfg: PretrainedCfg, wrapper_kwargs: Dict[str, Any], cache_dir: Any,
                         kwargs: Dict[str, Any]) -> IsoMaxClassifier:
     """Build ``variant`` with the weights ``cfg`` locates, read by timm's loaders.
 
@@ -243,10 +246,10 @@ def _load_saved_weights(variant: str, cfg: PretrainedCfg, distance_mode: str, ca
     loads into the backbone through timm's path for the base (its checkpoint filter included); the head
     starts fresh.
     """
-    base_arch, head_type = _VARIANTS[variant]
+    base_arch = _VARIANTS[variant][0]
     num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
     backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **kwargs)
-    model = IsoMaxClassifier(backbone, num_classes, head_type=head_type, distance_mode=distance_mode)
+    model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
     try:
         load_pretrained(model, pretrained_cfg=cfg.to_dict(), num_classes=num_classes,

@@ -30,6 +30,9 @@ SAMPLE_ARCHS = {
 }
 
 
+CIFAR_RESNETS = {f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}  # registered by timm_isomax
+
+
 def base_names():
     return [n for n in timm.list_models() if not n.endswith(("_isomaxplus", "_isomax"))]
 
@@ -37,13 +40,14 @@ def base_names():
 def test_every_classification_arch_is_registered_under_both_suffixes():
     bases = base_names()
     classification = [n for n in bases if n not in ENCODER_ONLY]
-    assert len(bases) == 1371 and len(classification) == 1364  # timm 1.0.31
+    assert CIFAR_RESNETS <= set(bases)
+    assert len(set(bases) - CIFAR_RESNETS) == 1371 and len(classification) == 1364 + 6  # timm 1.0.31 + ours
     for suffix in ("_isomaxplus", "_isomax"):
         registered = timm.list_models("*" + suffix)
         assert sorted(registered) == sorted(n + suffix for n in classification)
         assert all(timm.is_model(n) for n in registered)
     assert not any(timm.is_model(n + "_isomaxplus") for n in ENCODER_ONLY)
-    assert len(timm_isomax.list_isomax_models(head_type="isomax")) == 1364
+    assert len(timm_isomax.list_isomax_models(head_type="isomax")) == 1370
 
 
 def test_pretrained_tags_mirror_the_base_arch():

@@ -12,7 +12,10 @@ architecture in timm's own registry::
 timm has no plugin discovery: the import must come before ``timm.create_model`` (also for ``hf-hub:``
 names of IsoMax models).
 """
+from . import cifar_resnet  # registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
 from . import scores
+from .checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_keys
+from .conversion import ConversionReport, convert_softmax_model
 from .heads import IsoMaxHead, IsoMaxPlusHead, euclidean_distances
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
 from .metrics import auroc
@@ -36,6 +39,12 @@ __all__ = [
     "IsoMaxClassifier",
     "HEAD_TYPES",
     "scores",
+    "convert_softmax_model",
+    "ConversionReport",
+    "load_checkpoint_into",
+    "read_state_dict",
+    "remap_keys",
+    "KEY_MAPS",
     "auroc",
     "euclidean_distances",
     "create_model",

@@ -7,7 +7,8 @@ from typing import Any, Optional, Tuple, Union
 from torch import nn
 from timm.models._pretrained import DefaultCfg, PretrainedCfg  # noqa: F401  (re-exported for the registry)
 
-__all__ = ["DefaultCfg", "PretrainedCfg", "prefix_layer_names", "copy_traits", "record_model_arg", "save_timm_config"]
+__all__ = ["DefaultCfg", "PretrainedCfg", "prefix_layer_names", "copy_traits", "record_model_arg", "save_timm_config",
+           "model_input_size"]
 
 LayerNames = Optional[Union[str, Tuple[str, ...]]]
 
@@ -43,3 +44,10 @@ def record_model_arg(model: nn.Module, name: str, value: Any) -> None:
     """Record a construction argument changed after construction, so timm's config export saves it
     (timm keeps them in ``model._model_args``; ``timm.create_model`` fills it after the entrypoint)."""
     model._model_args = dict(getattr(model, "_model_args", {}), **{name: value})
+
+
+def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
+    """(C, H, W) the model takes now: its traits (e.g. ``img_size=64``), else its pretrained cfg."""
+    from timm.models._input import get_model_input_config
+
+    return tuple(get_model_input_config(model)["input_size"])

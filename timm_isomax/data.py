@@ -20,6 +20,8 @@ __all__ = [
     "select_classes",
     "ImageDataset",
     "materialize",
+    "model_input_mode",
+    "dataset_for_model",
 ]
 
 SKLEARN_DIGITS = "sklearn-digits"
@@ -157,3 +159,41 @@ def materialize(dataset: torch.utils.data.Dataset, batch_size: int = 256) -> tor
         images.append(x)
         labels.append(torch.as_tensor(y))
     return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
+
+
+def model_input_mode(model: torch.nn.Module) -> str:
+    """``"L"`` for a 1-channel model, ``"RGB"`` otherwise (from its input traits / pretrained cfg)."""
+    import timm
+
+    channels = timm.data.resolve_data_config({}, model=model)["input_size"][0]
+    channels = getattr(model, "in_chans", None) or channels
+    return "L" if channels == 1 else "RGB"
+
+
+def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Dataset], split: Optional[str] = None,
+                      is_training: bool = False, limit: Optional[int] = None, image_column: Optional[str] = None,
+                      label_column: Optional[str] = None, data_config: Optional[Dict] = None,
+                      **transform_kwargs) -> ImageDataset:
+    """An :class:`ImageDataset` preprocessed the way ``model`` expects (its timm data config).
+
+    Args:
+        model: a timm model; its resolved data config gives size, interpolation, crop and normalisation.
+        source: a loaded ``datasets.Dataset`` or anything :func:`load_image_dataset` takes.
+        split: the split, when ``source`` is not already one.
+        is_training: timm's training transform (augmentation) instead of the eval transform.
+        limit: keep the first ``limit`` rows.
+        data_config: data-config keys to override (e.g. ``{"input_size": (3, 32, 32)}``).
+        transform_kwargs: further ``timm.data.create_transform`` arguments (e.g. ``scale``, ``hflip``).
+
+    Example:
+        >>> test = dataset_for_model(model, "../shared/data/imagenet_sample", split="test")
+    """
+    import timm
+
+    dataset = source if isinstance(source, datasets.Dataset) else load_image_dataset(source, split=split)
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
+    config = timm.data.resolve_data_config(dict(data_config or {}), model=model)
+    transform = timm.data.create_transform(**config, is_training=is_training, **transform_kwargs)
+    return ImageDataset(dataset, transform, mode=model_input_mode(model), image_column=image_column,
+                        label_column=label_column)

@@ -27,6 +27,7 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg, prefix_layer_names
+from .conversion import ConversionReport, convert_softmax_model
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "base_architecture",
     "is_classification_architecture",
     "create_model",
+    "closest_models_hint",
     "ENCODER_ONLY_SUFFIX",
 ]
 
@@ -62,7 +64,7 @@ def base_architecture(model_name: str) -> Tuple[str, str]:
     try:
         return _VARIANTS[arch]
     except KeyError:
-        raise ValueError(f"{arch!r} is not a registered IsoMax architecture. {_suggest(arch)}") from None
+        raise ValueError(f"{arch!r} is not a registered IsoMax architecture. {closest_models_hint(arch)}") from None
 
 
 def is_classification_architecture(arch: str) -> bool:
@@ -113,7 +115,7 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
         ['resnet18_isomaxplus', 'resnet18_isomax']
     """
     if not timm.is_model(base_arch):
-        raise ValueError(f"unknown timm architecture {base_arch!r}. {_suggest(base_arch, include_isomax=False)}")
+        raise ValueError(f"unknown timm architecture {base_arch!r}. {closest_models_hint(base_arch, include_isomax=False)}")
     if not is_classification_architecture(base_arch):
         raise ValueError(
             f"{base_arch!r} has no classifier and no pre-logits (an encoder-only or IsoMax architecture), "
@@ -147,7 +149,8 @@ def list_isomax_models(filter: str = "", head_type: Optional[str] = None) -> Lis
     return [n for n in names if head_type is None or _VARIANTS.get(n, ("", ""))[1] == head_type]
 
 
-def _suggest(name: str, include_isomax: bool = True) -> str:
+def closest_models_hint(name: str, include_isomax: bool = True) -> str:
+    """A sentence naming the registered models closest to ``name`` (for error messages)."""
     arch = timm.models.get_arch_name(name)
     pool = timm.list_models() if include_isomax else [n for n in timm.list_models() if n not in _VARIANTS]
     close = difflib.get_close_matches(arch, pool, n=3, cutoff=0.6)
@@ -163,7 +166,7 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
     """
     source, model_id = timm.models.parse_model_name(model_name)
     if source is None and not timm.is_model(timm.models.get_arch_name(model_id)):
-        raise ValueError(f"unknown model {model_name!r}. {_suggest(model_id)}")
+        raise ValueError(f"unknown model {model_name!r}. {closest_models_hint(model_id)}")
     return timm.create_model(model_name, **kwargs)
 
 
@@ -202,8 +205,11 @@ def _create_isomax_model(
             return timm.create_model(base_arch, pretrained=pretrained, features_only=True,
                                      **base_source, **feature_kwargs, **kwargs)
         num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
-        backbone = timm.create_model(base_arch, pretrained=pretrained, num_classes=0, **base_source, **kwargs)
-        model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
+        if pretrained:
+            model = _from_softmax_weights(base_arch, num_classes, cfg.num_classes, wrapper_kwargs, **base_source, **kwargs)
+        else:
+            backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **base_source, **kwargs)
+            model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
     else:
         model = _load_saved_weights(variant, cfg, wrapper_kwargs, cache_dir, kwargs)
         if features_only:
@@ -257,8 +263,28 @@ def _load_saved_weights(variant: str, cfg: PretrainedCfg, wrapper_kwargs: Dict[s
                         strict=True, cache_dir=cache_dir)
     except _SoftMaxStateDict as softmax:
         backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=softmax.state_dict)
-        model.backbone = timm.create_model(base_arch, pretrained=True, pretrained_cfg=backbone_cfg,
-                                           num_classes=0, **kwargs)
+        source_classes = _softmax_class_count(softmax.state_dict, backbone_cfg)
+        model = _from_softmax_weights(base_arch, num_classes, source_classes, wrapper_kwargs,
+                                      pretrained_cfg=backbone_cfg, **kwargs)
+    return model
+
+
+def _softmax_class_count(state_dict: Dict[str, torch.Tensor], cfg: PretrainedCfg) -> Optional[int]:
+    classifier = cfg.classifier if isinstance(cfg.classifier, str) else None
+    weight = state_dict.get(f"{classifier}.weight") if classifier else None
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _from_softmax_weights(base_arch: str, num_classes: int, source_classes: Optional[int],
+                          wrapper_kwargs: Dict[str, Any], **create_kwargs: Any) -> IsoMaxClassifier:
+    """Load SoftMax weights of ``base_arch`` through timm's path for it; convert its classifier into
+    prototypes when the class count is the source's, else start a fresh head on the pretrained backbone."""
+    if num_classes == source_classes:
+        softmax = timm.create_model(base_arch, pretrained=True, num_classes=num_classes, **create_kwargs)
+        return convert_softmax_model(softmax, num_classes, **wrapper_kwargs)
+    backbone = timm.create_model(base_arch, pretrained=True, num_classes=0, **create_kwargs)
+    model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
+    model.conversion = ConversionReport("fresh", f"fresh head: {num_classes} classes asked, the weights have {source_classes}")
     return model
 
 

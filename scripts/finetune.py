@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Convert a SoftMax timm model into an IsoMax+ model and fine-tune it on a Hugging Face `datasets` dataset.
+
+Examples:
+    # a timm pretrained tag (downloads from the Hub), on a Hub dataset
+    python scripts/finetune.py --model resnet50.a1_in1k --dataset uoft-cs/cifar10 --output out/r50
+
+    # a foreign checkpoint file + an architecture + a key map, on local Parquet files, TinyImageNet-32 as OOD
+    python scripts/finetune.py --model cifar_resnet20 \\
+        --checkpoint ../shared/data/checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th \\
+        --key-map akamaster-cifar-resnet --dataset ../shared/data/cifar10 \\
+        --ood-dataset ../shared/data/tinyimagenet32 --epochs 3 --output out/cifar_resnet20_isomaxplus
+
+    # several processes / GPUs / nodes
+    torchrun --nproc_per_node 2 scripts/finetune.py ...
+
+The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) after `import timm_isomax`.
+"""
+import argparse
+import logging
+import sys
+
+import datasets
+
+from timm_isomax.checkpoints import KEY_MAPS
+from timm_isomax.finetune import FinetuneConfig, finetune
+
+
+def parse_args(argv=None) -> FinetuneConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="timm name (with tag), hf-hub:ORG/NAME, local-dir:PATH, or an "
+                                                  "architecture with --checkpoint; '<arch>_isomax[plus]' picks the head")
+    g.add_argument("--checkpoint", help="SoftMax weights for --model's architecture (.safetensors or .pth)")
+    g.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")
+    g.add_argument("--head", dest="head_type", default="isomaxplus", choices=["isomaxplus", "isomax"])
+    g.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, help="Hub dataset id or local path (Parquet, save_to_disk, imagefolder)")
+    g.add_argument("--train-split", default="train")
+    g.add_argument("--val-split", default=None, help="default: validation, val or test, whichever exists")
+    g.add_argument("--image-column")
+    g.add_argument("--label-column")
+    g.add_argument("--ood-dataset", dest="ood_datasets", action="append", default=[], help="OOD set for AUROC (repeatable)")
+    g.add_argument("--ood-split", default="test")
+    g.add_argument("--train-limit", type=int, help="use the first N training images")
+    g.add_argument("--val-limit", type=int, help="use the first N images of the validation and OOD sets")
+    g.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    g.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                   help="random-resized-crop scale range (timm's default 0.08 1.0)")
+    g.add_argument("--no-aug", action="store_true", help="train on the evaluation transform")
+    g.add_argument("--workers", type=int, default=2)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--head-epochs", type=int, default=0, help="first train only the head for this many epochs")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--opt", default="sgd", help="timm optimizer name (sgd, adamw, lamb, ...)")
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, plateau, ...)")
+    g.add_argument("--warmup-epochs", type=int, default=0)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (soft targets)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (soft targets)")
+    g.add_argument("--entropic-scale", type=float, default=10.0)
+    g.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 + grad scaling on CUDA (the head stays fp32)")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", required=True, help="output folder (Hub-ready model + training/ state)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    args = vars(p.parse_args(argv))
+    args["crop_scale"] = tuple(args["crop_scale"])
+    return FinetuneConfig(**args)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    datasets.disable_progress_bars()
+    try:
+        config = parse_args(argv)
+        finetune(config)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

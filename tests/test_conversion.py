@@ -43,6 +43,8 @@ def test_conversion_equals_the_cosine_classifier_exactly(resnet20, cifar_batch):
     cosine = F.normalize(features, dim=1) @ F.normalize(weight, dim=1).T  # computed here, independently
     model = convert_softmax_model(_copy(resnet20)).eval()
     assert model.conversion.method == "classifier"
+    assert (model.pretrained_cfg["architecture"], model.pretrained_cfg["first_conv"], model.pretrained_cfg["classifier"]) \
+        == ("cifar_resnet20_isomaxplus", "backbone.conv1", "head")
     with torch.no_grad():
         logits = model(images).double()
     torch.testing.assert_close(logits, -torch.sqrt(torch.clamp(2 - 2 * cosine, min=0)), rtol=1e-4, atol=1e-4)

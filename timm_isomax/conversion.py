@@ -18,7 +18,7 @@ from torch import nn
 
 from ._timm_compat import model_input_size
 from .checkpoints import KeyMap, load_checkpoint_into, read_state_dict, remap_keys, resolve_key_map
-from .model import HEAD_TYPES, IsoMaxClassifier
+from .model import HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = ["ConversionReport", "convert_softmax_model", "linear_classifier", "class_mean_prototypes",
            "load_softmax_model"]
@@ -145,6 +145,10 @@ def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, h
         if not torch.allclose(model(probe), pre_logits, rtol=1e-4, atol=1e-5):
             raise ValueError(f"{type(model).__name__}.reset_classifier(0) changes its pre-logits; convert it by hand.")
     isomax = IsoMaxClassifier(model, num_classes, head_type=head_type, distance_mode=distance_mode, ood_config=ood_config)
+    source_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    isomax.pretrained_cfg = isomax.default_cfg = dict(
+        source_cfg, **isomax_layer_names(source_cfg.get("first_conv")),
+        architecture=f"{source_cfg['architecture']}_{head_type}" if source_cfg.get("architecture") else None)
     if num_classes != source_classes:
         why = f"{num_classes} classes asked, the source has {source_classes}"
     elif head_type != "isomaxplus":

@@ -40,6 +40,7 @@ from torch import nn
 
 from .conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
 from .data import dataset_for_model, find_columns, load_image_dataset
+from .engine import amp_dtype, predict
 from .hub import _atomic_write, save_pretrained
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
 from .metrics import auroc
@@ -188,30 +189,15 @@ def build_start_model(cfg: FinetuneConfig, num_classes: int, train_split) -> Iso
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def _logits(model: nn.Module, loader, runtime: _Runtime, amp: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    logits, labels = [], []
-    for images, targets in loader:
-        with torch.autocast(runtime.device.type, dtype=_amp_dtype(runtime), enabled=amp):
-            logits.append(model(images.to(runtime.device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(targets))
-    return torch.cat(logits), torch.cat(labels)
-
-
 def _evaluate(model: IsoMaxClassifier, val_loader, ood_loaders: Dict[str, Any], runtime: _Runtime, amp: bool) -> Dict:
     score = get_score(model.ood_config["score"])
-    val_logits, val_labels = _logits(model, val_loader, runtime, amp)
+    val_logits, val_labels = predict(model, val_loader, runtime.device, amp)
     val_scores = score(val_logits).double()
     result = {"val_accuracy": (val_logits.argmax(1) == val_labels).double().mean().item(),
               "val_score_mean": val_scores.mean().item(), "val_score_std": val_scores.std().item()}
     for name, loader in ood_loaders.items():
-        result[f"auroc/{name}"] = auroc(val_scores, score(_logits(model, loader, runtime, amp)[0]))
+        result[f"auroc/{name}"] = auroc(val_scores, score(predict(model, loader, runtime.device, amp)[0]))
     return result
-
-
-def _amp_dtype(runtime: _Runtime) -> torch.dtype:
-    return torch.float16 if runtime.device.type == "cuda" else torch.bfloat16
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -387,7 +373,7 @@ def _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scal
             images = images.contiguous(memory_format=torch.channels_last)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        with torch.autocast(runtime.device.type, dtype=_amp_dtype(runtime), enabled=cfg.amp):
+        with torch.autocast(runtime.device.type, dtype=amp_dtype(runtime.device), enabled=cfg.amp):
             loss = loss_fn(train_model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

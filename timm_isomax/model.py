@@ -16,7 +16,7 @@ from torch import nn
 from . import _timm_compat
 from .heads import IsoMaxHead, IsoMaxPlusHead
 
-__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES"]
+__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "isomax_layer_names"]
 
 HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead}
 # The OOD score each head is designed for (the papers' choice).
@@ -26,6 +26,12 @@ BACKBONE_PREFIX = "backbone."
 
 # A '^' anchor: not escaped and not the negation inside a character class.
 _ANCHOR = re.compile(r"(?<![\\\[])\^")
+
+
+def isomax_layer_names(first_conv: _timm_compat.LayerNames) -> Dict[str, Any]:
+    """Pretrained-cfg layer names of an IsoMax model whose backbone had ``first_conv``: the stem under the
+    wrapper's prefix, the head as classifier."""
+    return dict(first_conv=_timm_compat.prefix_layer_names(first_conv, BACKBONE_PREFIX), classifier="head")
 
 
 def _reroot_regex(pattern: str, prefix: str) -> str:

@@ -26,9 +26,9 @@ import torch
 from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_model, resolve_pretrained_cfg
 
 from . import isomax_models
-from ._timm_compat import DefaultCfg, PretrainedCfg, prefix_layer_names
+from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier
+from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = [
     "register_isomax_variants",
@@ -75,11 +75,7 @@ def is_classification_architecture(arch: str) -> bool:
 def _mirror_pretrained_cfg(cfg: PretrainedCfg) -> PretrainedCfg:
     # The mirrored cfg describes the IsoMax model: layer names under the wrapper's prefix, the head as
     # classifier. Weight location and num_classes stay the source's (they say what the weights are).
-    return dataclasses.replace(
-        cfg,
-        first_conv=prefix_layer_names(cfg.first_conv, BACKBONE_PREFIX),
-        classifier="head",
-    )
+    return dataclasses.replace(cfg, **isomax_layer_names(cfg.first_conv))
 
 
 def _mirrored_default_cfg(base_arch: str) -> DefaultCfg:

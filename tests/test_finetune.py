@@ -1,0 +1,96 @@
+"""scripts/finetune.py on the real CIFAR-10 ResNet-20 checkpoint: resume after a kill, DDP, the output folder."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import timm_isomax  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "finetune.py"
+
+
+def finetune_args(shared_data, output, epochs=2, extra=()):
+    return ["--model", "cifar_resnet20",
+            "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
+            "--key-map", "akamaster-cifar-resnet", "--dataset", str(shared_data / "cifar10"),
+            "--train-limit", "256", "--val-limit", "128", "--batch-size", "32", "--no-aug", "--workers", "0",
+            "--epochs", str(epochs), "--lr", "0.05", "--no-progress", "--output", str(output), *extra]
+
+
+def run(args, launcher=(sys.executable,), **kwargs):
+    return subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO, **kwargs)
+
+
+def weights(folder):
+    return safetensors.torch.load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shared_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("ft") / "uninterrupted"
+    result = run(finetune_args(shared_data, output, extra=["--ood-dataset", str(shared_data / "tinyimagenet32")]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output, result.stdout
+
+
+@pytest.mark.slow
+def test_finetune_converts_trains_logs_and_saves_a_loadable_folder(uninterrupted, shared_data):
+    output, stdout = uninterrupted
+    assert "start model: cifar_resnet20_isomaxplus (classifier:" in stdout
+    log = [json.loads(line) for line in (output / "training" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all(0.5 <= r["val_accuracy"] <= 1.0 and 0.5 < r["auroc/tinyimagenet32"] <= 1.0 for r in log)
+    model = timm.create_model(f"local-dir:{output}", pretrained=True).eval()
+    assert model.num_classes == 10 and model.pretrained_cfg["label_names"][0] == "airplane"
+    assert timm.data.resolve_data_config({}, model=model)["input_size"] == (3, 32, 32)
+    state = weights(output)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_the_uninterrupted_run(uninterrupted, shared_data, tmp_path):
+    output = tmp_path / "killed"
+    checkpoint = output / "training" / "checkpoint.pt"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *finetune_args(shared_data, output)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # during epoch 2: only the epoch-1 checkpoint exists
+    process.wait()
+    assert checkpoint.exists() and not (output / "model.safetensors").exists()
+    refused = run(finetune_args(shared_data, output))
+    assert refused.returncode == 2 and "pass resume=True (--resume)" in refused.stderr
+    resumed = run(finetune_args(shared_data, output, extra=["--resume"]))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "after epoch 1" in resumed.stdout
+    expected, got = weights(uninterrupted[0]), weights(output)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ from the uninterrupted run"
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(shared_data, tmp_path):
+    output = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = run(finetune_args(shared_data, output, epochs=1), launcher=torchrun,
+                 env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (output / "training" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["val_accuracy"] > 0.5  # rank 0 alone writes
+    assert timm.create_model(f"local-dir:{output}", pretrained=True).num_classes == 10
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = run(["--model", "resnet5O", "--dataset", "sklearn-digits", "--output", str(tmp_path / "x")])
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "unknown model 'resnet5O'. Closest matches: resnet50" in result.stderr

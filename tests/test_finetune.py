@@ -94,3 +94,15 @@ def test_cli_errors_are_one_line(tmp_path):
     result = run(["--model", "resnet5O", "--dataset", "sklearn-digits", "--output", str(tmp_path / "x")])
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "unknown model 'resnet5O'. Closest matches: resnet50" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_output_carries_a_deployment_threshold_fitted_on_validation(uninterrupted, shared_data):
+    output, _ = uninterrupted
+    model = timm.create_model(f"local-dir:{output}", pretrained=True)
+    config = model.ood_config
+    assert config["score"] == "mds" and config["tpr"] == 0.95 and config["fitted_on"].endswith("cifar10:test[:128]")
+    val = timm_isomax.data.dataset_for_model(model, str(shared_data / "cifar10"), split="test", limit=128)
+    images = torch.stack([val[i][0] for i in range(128)])
+    flagged = timm_isomax.is_ood(model.eval(), images)
+    assert 0.0 < flagged.float().mean().item() <= 0.05 + 1e-9  # the threshold keeps >= 95% of the ID images

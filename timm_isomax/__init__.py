@@ -18,7 +18,9 @@ from .checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_
 from .conversion import ConversionReport, convert_softmax_model
 from .heads import IsoMaxHead, IsoMaxPlusHead, euclidean_distances
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
-from .metrics import auroc
+from .calibration import calibrate_temperature, expected_calibration_error, fit_temperature
+from .metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
+from .ood import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
 from .model import HEAD_TYPES, IsoMaxClassifier
 from .registry import (
     base_architecture,
@@ -46,6 +48,18 @@ __all__ = [
     "remap_keys",
     "KEY_MAPS",
     "auroc",
+    "ood_metrics",
+    "ood_metrics_table",
+    "roc_curve",
+    "fit_threshold",
+    "fit_ood_threshold",
+    "is_ood",
+    "predict",
+    "ood_scores",
+    "Prediction",
+    "calibrate_temperature",
+    "expected_calibration_error",
+    "fit_temperature",
     "euclidean_distances",
     "create_model",
     "register_isomax_variants",

@@ -20,7 +20,9 @@ __all__ = [
     "select_classes",
     "ImageDataset",
     "materialize",
-    "model_input_mode",
+    "model_in_chans",
+    "model_data_config",
+    "model_transform",
     "dataset_for_model",
 ]
 
@@ -161,13 +163,56 @@ def materialize(dataset: torch.utils.data.Dataset, batch_size: int = 256) -> tor
     return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
 
 
-def model_input_mode(model: torch.nn.Module) -> str:
-    """``"L"`` for a 1-channel model, ``"RGB"`` otherwise (from its input traits / pretrained cfg)."""
+def model_in_chans(model: torch.nn.Module) -> int:
+    """The number of input channels ``model`` takes (its ``in_chans``, else its first convolution)."""
     import timm
 
-    channels = timm.data.resolve_data_config({}, model=model)["input_size"][0]
-    channels = getattr(model, "in_chans", None) or channels
-    return "L" if channels == 1 else "RGB"
+    chans = getattr(model, "in_chans", None)
+    if isinstance(chans, int):
+        return chans
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if isinstance(first_conv, str):
+        weight = getattr(model.get_submodule(first_conv), "weight", None)
+        if weight is not None and weight.ndim >= 2:
+            return int(weight.shape[1])
+    return int(timm.data.resolve_data_config({}, model=model)["input_size"][0])
+
+
+def _match_channels(values: Sequence[float], chans: int) -> Tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == chans:
+        return values
+    # a grey config for an RGB model repeats; an RGB config for a grey model averages the channels
+    return values * chans if len(values) == 1 else (float(np.mean(values)),) * chans
+
+
+def model_data_config(model: torch.nn.Module, overrides: Optional[Dict] = None) -> Dict:
+    """The model's timm data config (``timm.data.resolve_data_config``) with ``overrides``, its channel count
+    made to match the model's input channels (a model created with ``in_chans=1`` may keep an RGB
+    pretrained config)."""
+    import timm
+
+    config = dict(timm.data.resolve_data_config(dict(overrides or {}), model=model))
+    chans = model_in_chans(model)
+    if config["input_size"][0] != chans:
+        config["input_size"] = (chans, *config["input_size"][1:])
+    config["mean"] = _match_channels(config["mean"], chans)
+    config["std"] = _match_channels(config["std"], chans)
+    return config
+
+
+def model_transform(model: torch.nn.Module, is_training: bool = False, data_config: Optional[Dict] = None,
+                    **transform_kwargs) -> Tuple[Callable, str]:
+    """``(transform, PIL mode)`` for ``model``: timm's transform of :func:`model_data_config`, and ``"L"``
+    for 1-channel models, ``"RGB"`` for 3-channel ones (images are converted to it)."""
+    import timm
+
+    config = model_data_config(model, data_config)
+    chans = config["input_size"][0]
+    if chans not in (1, 3):
+        raise ValueError(f"the model takes {chans} input channels; only 1 (grey) and 3 (RGB) image models are supported.")
+    transform = timm.data.create_transform(**config, is_training=is_training, **transform_kwargs)
+    return transform, "L" if chans == 1 else "RGB"
 
 
 def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Dataset], split: Optional[str] = None,
@@ -188,12 +233,8 @@ def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Datase
     Example:
         >>> test = dataset_for_model(model, "../shared/data/imagenet_sample", split="test")
     """
-    import timm
-
     dataset = source if isinstance(source, datasets.Dataset) else load_image_dataset(source, split=split)
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))
-    config = timm.data.resolve_data_config(dict(data_config or {}), model=model)
-    transform = timm.data.create_transform(**config, is_training=is_training, **transform_kwargs)
-    return ImageDataset(dataset, transform, mode=model_input_mode(model), image_column=image_column,
-                        label_column=label_column)
+    transform, mode = model_transform(model, is_training, data_config, **transform_kwargs)
+    return ImageDataset(dataset, transform, mode=mode, image_column=image_column, label_column=label_column)

@@ -9,6 +9,7 @@
 2. optional head-only epochs, then all layers, with timm's optimizer and scheduler factories, label
    smoothing and mixup/cutmix (soft targets), AMP;
 3. per epoch: validation accuracy, the OOD score's statistics and, given OOD sets, AUROC; a JSON-lines log;
+   at the end, the deployment threshold that accepts 95% of the validation images, saved in config.json;
    a checkpoint written atomically, from which ``resume=True`` continues exactly (every epoch reseeds all
    random number generators from (seed, epoch), so a resumed run equals an uninterrupted one);
 4. the result: a Hub-ready folder (config.json + model.safetensors) that
@@ -39,12 +40,13 @@ import torch.distributed as dist
 from torch import nn
 
 from .conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
-from .data import dataset_for_model, find_columns, load_image_dataset
+from .data import dataset_for_model, find_columns, load_image_dataset, model_data_config, model_in_chans
 from .engine import amp_dtype, predict
 from .hub import _atomic_write, save_pretrained
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
-from .metrics import auroc
+from .metrics import TPR_LEVEL, auroc
 from .model import IsoMaxClassifier
+from .ood import fit_ood_threshold, fit_threshold
 from .registry import base_architecture, closest_models_hint
 from .scores import get_score
 
@@ -189,7 +191,9 @@ def build_start_model(cfg: FinetuneConfig, num_classes: int, train_split) -> Iso
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-def _evaluate(model: IsoMaxClassifier, val_loader, ood_loaders: Dict[str, Any], runtime: _Runtime, amp: bool) -> Dict:
+def _evaluate(model: IsoMaxClassifier, val_loader, ood_loaders: Dict[str, Any], runtime: _Runtime,
+              amp: bool) -> Tuple[Dict, torch.Tensor]:
+    """The epoch's validation record, and the validation OOD scores (for the deployment threshold)."""
     score = get_score(model.ood_config["score"])
     val_logits, val_labels = predict(model, val_loader, runtime.device, amp)
     val_scores = score(val_logits).double()
@@ -197,7 +201,7 @@ def _evaluate(model: IsoMaxClassifier, val_loader, ood_loaders: Dict[str, Any], 
               "val_score_mean": val_scores.mean().item(), "val_score_std": val_scores.std().item()}
     for name, loader in ood_loaders.items():
         result[f"auroc/{name}"] = auroc(val_scores, score(predict(model, loader, runtime.device, amp)[0]))
-    return result
+    return result, val_scores
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -234,7 +238,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     splits = load_image_dataset(cfg.dataset)
     if cfg.train_split not in splits:
         raise ValueError(f"dataset {cfg.dataset!r} has no split {cfg.train_split!r}; its splits are {sorted(splits)}.")
-    train_split, val_split = splits[cfg.train_split], splits[_resolve_val_split(cfg, splits)]
+    val_split_name = _resolve_val_split(cfg, splits)
+    train_split, val_split = splits[cfg.train_split], splits[val_split_name]
     image_column, label_column = find_columns(train_split, cfg.image_column, cfg.label_column)
     if label_column is None:
         raise ValueError(f"dataset {cfg.dataset!r} has no label column (ClassLabel, 'label' or 'labels'); "
@@ -251,7 +256,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
               f"{model.conversion.reason}); {num_classes} classes, {len(train_split)} training images")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data_config = {"input_size": (model_channels(model), cfg.img_size, cfg.img_size)} if cfg.img_size else {}
+    data_config = {"input_size": (model_in_chans(model), cfg.img_size, cfg.img_size)} if cfg.img_size else {}
     columns = dict(image_column=image_column, label_column=label_column, data_config=data_config)
     augmentation = {} if cfg.no_aug else dict(is_training=True, scale=tuple(cfg.crop_scale))
     train_set = dataset_for_model(model, train_split, **augmentation, **columns)
@@ -298,7 +303,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         training_dir.mkdir(parents=True, exist_ok=True)
         (training_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
 
-    train_model, stage = model, None
+    train_model, stage, val_scores = model, None, None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             _seed_everything(cfg.seed * 1000 + epoch)
@@ -320,12 +325,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
             scheduler.step(epoch + 1)
             seconds = time.perf_counter() - start
             if runtime.is_main:
+                evaluation, val_scores = _evaluate(model, val_loader, ood_loaders, runtime, cfg.amp)
                 record = dict(epoch=epoch + 1, stage="head" if head_only else "all", train_loss=train_loss,
                               lr=optimizer.param_groups[0]["lr"], seconds=seconds,
                               images_per_second=updates_per_epoch * cfg.batch_size * runtime.world_size / seconds,
                               distance_scale=model.head.distance_scale.abs().item()
-                              if hasattr(model.head, "distance_scale") else None,
-                              **_evaluate(model, val_loader, ood_loaders, runtime, cfg.amp))
+                              if hasattr(model.head, "distance_scale") else None, **evaluation)
                 with open(training_dir / LOG_NAME, "a") as log:
                     log.write(json.dumps(record) + "\n")
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -338,19 +343,21 @@ def finetune(cfg: FinetuneConfig) -> Path:
             print(f"interrupted: the last completed epoch is saved in {checkpoint_path}; continue with --resume.")
         raise
     if runtime.is_main:
+        # the deployment threshold: accepts 95% of the validation images (stored in config.json)
+        fitted_on = f"{cfg.dataset}:{val_split_name}" + (f"[:{cfg.val_limit}]" if cfg.val_limit else "")
+        if val_scores is None:  # resumed after the last epoch: score the validation set once more
+            fit_ood_threshold(model, val_loader, tpr=TPR_LEVEL, fitted_on=fitted_on, device=runtime.device)
+        else:
+            model.update_ood_config(threshold=fit_threshold(val_scores, TPR_LEVEL), tpr=TPR_LEVEL, fitted_on=fitted_on)
         save_pretrained(model, output, label_names=label_names, data_config=_export_data_config(model, data_config))
         print(f"saved the model to {output} (timm.create_model('local-dir:{output}', pretrained=True))")
     runtime.barrier()
     return output
 
 
-def model_channels(model: nn.Module) -> int:
-    return getattr(model, "in_chans", None) or timm.data.resolve_data_config({}, model=model)["input_size"][0]
-
-
 def _export_data_config(model: nn.Module, overrides: Dict[str, Any]) -> Dict[str, Any]:
     # the preprocessing the model was fine-tuned with: its own, with the image size override if any
-    config = timm.data.resolve_data_config(dict(overrides), model=model)
+    config = model_data_config(model, overrides)
     return {k: config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")}
 
 

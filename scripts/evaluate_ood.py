@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Evaluate timm models (IsoMax+, IsoMax or SoftMax) for OOD detection: an ID test set against OOD sets.
+
+Prints a table (ID accuracy; per OOD set and their macro mean: AUROC, FPR@95 and TNR@95 with ID
+positive, FPR95 with OOD positive, AUPR-In/Out, detection accuracy) and writes results.json,
+results.csv and, per OOD set, hist_<set>.png (ID-vs-OOD score histograms) and roc_<set>.png into
+--output. Several --model values are evaluated side by side. Example:
+
+    python scripts/evaluate_ood.py --model out/mnist_softmax --model out/mnist_isomaxplus \\
+        --id-dataset ../shared/data/mnist --ood-dataset ../shared/data/fashion_mnist \\
+        --ood-dataset ../shared/data/notmnist --limit 2000 --output out/ood_eval
+
+--model takes any name timm.create_model takes (local-dir:DIR, hf-hub:ORG/NAME, resnet50_isomaxplus.tag)
+or a model folder written by timm_isomax.hub.save_pretrained. Default scores: the model's own
+(ood_config["score"]) for IsoMax models, msp, max_logit, energy and entropic for SoftMax models.
+"""
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+import datasets
+import torch
+
+import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
+from timm_isomax.evaluation import evaluate_models, format_table, load_eval_set, write_results
+from timm_isomax.scores import SCORES
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="model name or folder (repeatable)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="load the model's weights (default); --no-pretrained: random weights, for smoke tests")
+    p.add_argument("--id-dataset", required=True, help="ID dataset: local path (Parquet folder/file, ...) or Hub id")
+    p.add_argument("--id-split", default="test")
+    p.add_argument("--ood-dataset", action="append", required=True, help="OOD dataset (repeatable; labels optional)")
+    p.add_argument("--ood-split", action="append", default=None,
+                   help="split of the OOD sets: once for all, or once per --ood-dataset (default: test)")
+    p.add_argument("--score", action="append", default=None, choices=sorted(SCORES),
+                   help="OOD score(s) to evaluate (repeatable; default: each model's own, see above)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 elsewhere")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images of each set")
+    p.add_argument("--output", default="ood_eval", help="folder for results.json, results.csv and the PNGs")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p.parse_args(argv)
+
+
+def _ood_splits(args: argparse.Namespace) -> List[str]:
+    splits = args.ood_split or ["test"]
+    if len(splits) == 1:
+        return splits * len(args.ood_dataset)
+    if len(splits) != len(args.ood_dataset):
+        raise ValueError(f"give --ood-split once, or once per --ood-dataset ({len(args.ood_dataset)}), not {len(splits)} times.")
+    return splits
+
+
+def run(args: argparse.Namespace) -> None:
+    datasets.disable_progress_bars()
+    id_set = load_eval_set(args.id_dataset, args.id_split, args.limit)
+    ood_sets = [load_eval_set(source, split, args.limit) for source, split in zip(args.ood_dataset, _ood_splits(args))]
+    evaluations = evaluate_models(args.model, id_set, ood_sets, pretrained=args.pretrained, score_names=args.score,
+                                  batch_size=args.batch_size, device=args.device, amp=args.amp, workers=args.workers)
+    print(format_table(evaluations, id_set, ood_sets))
+    paths = write_results(evaluations, id_set, ood_sets, args.output, settings=vars(args))
+    if not args.no_plots:
+        from timm_isomax.plots import save_plots  # matplotlib only when plotting
+
+        paths += save_plots(evaluations, id_set.name, [s.name for s in ood_sets], args.output)
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

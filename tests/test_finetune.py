@@ -106,3 +106,17 @@ def test_the_output_carries_a_deployment_threshold_fitted_on_validation(uninterr
     images = torch.stack([val[i][0] for i in range(128)])
     flagged = timm_isomax.is_ood(model.eval(), images)
     assert 0.0 < flagged.float().mean().item() <= 0.05 + 1e-9  # the threshold keeps >= 95% of the ID images
+
+
+def test_the_offline_default_uses_the_pip_installed_checkpoint_and_parses():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import finetune as cli
+    finally:
+        sys.path.pop(0)
+    args = cli.offline_default_args()
+    config = cli.parse_args(args)
+    assert Path(config.checkpoint).is_file() and config.dataset == "sklearn-digits" and config.resume
+    state_dict = timm_isomax.read_state_dict(config.checkpoint)
+    model = timm.create_model(config.model)
+    timm_isomax.load_checkpoint_into(model, state_dict, config.key_map)  # the real ImageNet weights fit

@@ -214,7 +214,8 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
         ood_config=dict(model.ood_config) if is_isomax else None,
         id_scores=id_scores,
         ood_scores=ood_scores,
-        metrics={score: ood_metrics_table(id_scores[score], ood_scores[score]) for score in score_names},
+        # no OOD set (e.g. an ImageNet model here): accuracy only
+        metrics={score: ood_metrics_table(id_scores[score], ood_scores[score]) for score in score_names} if ood_sets else {},
     )
 
 
@@ -255,8 +256,10 @@ def _percent(value: Optional[float]) -> str:
 def format_table(evaluations: Sequence[ModelEvaluation], id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> str:
     """A plain-text table of accuracy and every OOD metric (in %), its conventions in the header."""
     header = ["model", "score", "ID acc", "OOD set"] + [_COLUMN_TITLES[m] for m in METRIC_NAMES]
+    # with one OOD set the macro mean repeats it: the text table leaves it out (JSON and CSV keep it)
+    rows = [row for row in result_rows(evaluations) if len(ood_sets) > 1 or row["ood_dataset"] != MEAN_ROW]
     body = [[row["model"], row["score"], _percent(row["accuracy"]), row["ood_dataset"]]
-            + [_percent(row[m]) for m in METRIC_NAMES] for row in result_rows(evaluations)]
+            + [_percent(row[m]) for m in METRIC_NAMES] for row in rows]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
 
     def fmt(line):  # text columns left-aligned, numbers right-aligned

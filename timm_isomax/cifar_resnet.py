@@ -123,37 +123,17 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"cifar_resnet{depth}": _cfg() for depth in CIFAR_RESNET_DEPTHS})
 
 
-def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
-    return build_model_with_cfg(CifarResNet, f"cifar_resnet{depth}", pretrained,
-                                blocks_per_stage=CIFAR_RESNET_DEPTHS[depth],
-                                feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+def _make_entrypoint(depth: int):
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+        return build_model_with_cfg(CifarResNet, f"cifar_resnet{depth}", pretrained,
+                                    blocks_per_stage=CIFAR_RESNET_DEPTHS[depth],
+                                    feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+
+    # timm's register_model files an entrypoint under its __name__ and reads this module's default_cfgs
+    entrypoint.__name__ = entrypoint.__qualname__ = f"cifar_resnet{depth}"
+    entrypoint.__doc__ = f"CIFAR ResNet-{depth} ({CIFAR_RESNET_DEPTHS[depth]} blocks per stage)."
+    return entrypoint
 
 
-@register_model
-def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(20, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(32, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(44, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(56, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(110, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet1202(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return _create(1202, pretrained, **kwargs)
+for _depth in CIFAR_RESNET_DEPTHS:
+    globals()[f"cifar_resnet{_depth}"] = register_model(_make_entrypoint(_depth))

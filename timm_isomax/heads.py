@@ -165,11 +165,7 @@ class IsoMaxPlusHead(_PrototypeHead):
 class IsoMaxHead(_PrototypeHead):
     """IsoMax head: ``logits = -||f - p_c|| / T`` (Macedo, Ren, Zanchettin, Oliveira & Ludermir, 2021).
 
-    Args:
-        in_features: width D of the pre-logit features.
-        num_classes: number of classes C (one prototype each).
-        distance_mode: ``"matmul"`` (fast, default) or ``"cdist"`` (exact reference form).
-        temperature: initial value of the temperature buffer ``T``.
+    Takes the arguments of :class:`IsoMaxPlusHead`; there is no distance scale and nothing is normalised.
 
     Example:
         >>> IsoMaxHead(64, 3)(torch.randn(2, 64)).shape

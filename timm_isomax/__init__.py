@@ -22,6 +22,8 @@ from .calibration import calibrate_temperature, expected_calibration_error, fit_
 from .metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
 from .ood import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
 from .model import HEAD_TYPES, IsoMaxClassifier
+from .hub import push_to_hub
+from .hub_config import HubConfig, load_hub_config, packaged_hub_configs
 from .registry import (
     base_architecture,
     create_model,
@@ -67,6 +69,10 @@ __all__ = [
     "list_isomax_models",
     "base_architecture",
     "is_classification_architecture",
+    "push_to_hub",
+    "HubConfig",
+    "load_hub_config",
+    "packaged_hub_configs",
 ]
 
 register_all()

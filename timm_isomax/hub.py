@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import safetensors.torch
 import torch
@@ -16,10 +16,31 @@ import torch
 from . import _timm_compat
 from .model import IsoMaxClassifier
 
-__all__ = ["save_pretrained", "read_config", "CONFIG_NAME", "WEIGHTS_NAME", "ISOMAX_CONFIG_KEY"]
+if TYPE_CHECKING:  # hub_config imports this module
+    from huggingface_hub import HfApi
+
+    from .hub_config import HubConfig
+
+__all__ = [
+    "save_pretrained",
+    "read_config",
+    "render_model_card",
+    "write_model_card",
+    "prepare_repo_folder",
+    "push_to_hub",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CARD_NAME",
+    "ISOMAX_CONFIG_KEY",
+    "IMPORT_HINT",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+# timm has no plugin discovery: without this import, timm does not know the IsoMax architecture names.
+IMPORT_HINT = ("IsoMax models need `pip install timm-isomax` and `import timm_isomax` before timm.create_model "
+               "(the import registers the <arch>_isomaxplus / <arch>_isomax architectures with timm)")
 # Top-level key of config.json holding timm-isomax metadata (head type, OOD score, threshold, ...).
 ISOMAX_CONFIG_KEY = "isomax"
 
@@ -87,3 +108,149 @@ def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: not a model folder written by save_pretrained / timm.") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); the folder is damaged, re-export the model.") from None
+
+
+# --- publishing -----------------------------------------------------------------------------------
+_CARD_TAGS = ("image-classification", "timm", "out-of-distribution-detection", "isomax")
+# (metric key, column title) in the card's results table; the conventions are spelled out below it
+_CARD_COLUMNS = (("auroc", "AUROC"), ("fpr_at_95_tpr", "FPR@95 (ID+)"), ("tnr_at_95_tpr", "TNR@95 (ID+)"),
+                 ("fpr95_ood_positive", "FPR95 (OOD+)"), ("aupr_in", "AUPR-In"), ("aupr_out", "AUPR-Out"),
+                 ("detection_accuracy", "DTACC"))
+_CITATIONS = """```bibtex
+@article{macedo2021entropic,
+  title   = {Entropic Out-of-Distribution Detection},
+  author  = {Macedo, David and Ren, Tsang Ing and Zanchettin, Cleber and Oliveira, Adriano L. I. and Ludermir, Teresa},
+  journal = {IEEE Transactions on Neural Networks and Learning Systems},
+  year    = {2021}
+}
+@article{macedo2021enhanced,
+  title   = {Enhanced Isotropy Maximization Loss: Seamless and High-Performance Out-of-Distribution Detection
+             Simply Replacing the SoftMax Loss},
+  author  = {Macedo, David and Ludermir, Teresa},
+  journal = {arXiv preprint arXiv:2105.14399},
+  year    = {2021}
+}
+```"""
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def render_model_card(config: "HubConfig") -> str:
+    """The model card (README.md with YAML front matter) of a published model, from its hub config.
+
+    Example:
+        >>> card = render_model_card(load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json"))
+    """
+    metrics = config.metrics or {}
+    datasets = [config.dataset.get("hub_id") or config.dataset["name"]]
+    lines = ["---", "library_name: timm", f"license: {config.license}", "pipeline_tag: image-classification",
+             "tags:", *(f"- {t}" for t in (*_CARD_TAGS, config.head_type)), "datasets:", *(f"- {d}" for d in datasets),
+             "metrics:", "- accuracy", "- roc_auc", "---", "",
+             f"# {config.name}", "", config.description or f"{config.architecture} trained on {config.dataset['name']}.",
+             "", f"An {'IsoMax+' if config.head_type == 'isomaxplus' else 'IsoMax'} classifier: its logits are negative "
+             "distances to class prototypes, so the same forward pass gives the class and an out-of-distribution "
+             "(OOD) score, with no extra training or post-processing.", "",
+             "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
+             "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (needed)", "",
+             f'model = timm.create_model("{config.name}", pretrained=True).eval()',
+             f'# or: timm.create_model("hf-hub:{config.repo_id}", pretrained=True)',
+             "", "from PIL import Image", "image = Image.open(\"example.png\")  # preprocessed with the model's data config",
+             "for p in timm_isomax.predict(model, [image]):",
+             "    print(p.label, p.score, p.is_ood)  # score: higher = more in-distribution; is_ood: score < threshold",
+             "```", ""]
+    if metrics:
+        lines += [f"## Results ({config.dataset['name']} test split as in-distribution)", "",
+                  f"Accuracy on {config.dataset['name']} ({config.dataset['eval_split']}, {metrics.get('id_images')} images): "
+                  f"**{_percent(metrics.get('accuracy'))}%**. OOD score: `{metrics.get('score')}`. All values in %.", "",
+                  "| OOD set | images | " + " | ".join(title for _, title in _CARD_COLUMNS) + " |",
+                  "|---|---:|" + "---:|" * len(_CARD_COLUMNS)]
+        for name, row in metrics.get("ood", {}).items():
+            images = metrics.get("ood_images", {}).get(name, "")
+            lines.append(f"| {name} | {images} | " + " | ".join(_percent(row.get(k)) for k, _ in _CARD_COLUMNS) + " |")
+        lines += ["", "Conventions:", *(f"- {k}: {v}" for k, v in metrics.get("conventions", {}).items()),
+                  "- mean: macro mean over the OOD sets", ""]
+        if metrics.get("threshold") is not None:
+            lines += [f"Deployment threshold (config.json `isomax.threshold`): {metrics['threshold']:.6g}, accepting "
+                      f"{_percent(metrics.get('threshold_tpr'))}% of {metrics.get('threshold_fitted_on')}.", ""]
+        if metrics.get("temperature") not in (None, 1.0):
+            lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
+        lines += [f"Measured with `{metrics.get('command')}`.", ""]
+    lines += ["## Training", "", "Reproduce (from a checkout of timm-isomax, the data under `../shared/data`):", "",
+              "```bash", "python scripts/finetune.py " + " ".join(config.finetune_args), "```", "",
+              "## Citation", "", _CITATIONS, ""]
+    return "\n".join(lines)
+
+
+def write_model_card(config: "HubConfig", folder: Union[str, Path]) -> Path:
+    """Write :func:`render_model_card` as ``folder/README.md`` (atomically); returns its path."""
+    path = Path(folder) / CARD_NAME
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(render_model_card(config)))
+    return path
+
+
+def prepare_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Union[str, Path]) -> List[Path]:
+    """Write exactly what goes to the Hub into ``out``: config.json, model.safetensors, README.md.
+
+    The model in ``folder`` (a ``save_pretrained`` / fine-tuning output) is re-exported, so the repo
+    holds only the Hub files (no training state), the hub config's tag and the usage hint.
+    """
+    import timm  # the local-dir: loader
+
+    if not config.metrics:
+        raise ValueError(f"{config.name} has no measured metrics; run `python scripts/reproduce.py {config.path}` first.")
+    saved = read_config(folder)
+    if saved.get("architecture") != config.architecture:
+        raise ValueError(f"{folder} holds a {saved.get('architecture')} model, the hub config says "
+                         f"{config.architecture}; point source_checkpoint at the right folder.")
+    model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
+    out = Path(out)
+    save_pretrained(model, out, label_names=config.label_names or saved.get("label_names"),
+                    isomax_metadata={"usage": IMPORT_HINT}, data_config=config.data_config, tag=config.tag)
+    write_model_card(config, out)
+    return [out / CONFIG_NAME, out / WEIGHTS_NAME, out / CARD_NAME]
+
+
+def push_to_hub(
+    folder: Union[str, Path],
+    hub_config: Union["HubConfig", str, Path],
+    token: Optional[str] = None,
+    private: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    dry_run_dir: Optional[Union[str, Path]] = None,
+    api: Optional["HfApi"] = None,
+) -> str:
+    """Publish the model in ``folder`` as ``hub_config.repo_id``; returns the repo URL (or the dry-run folder).
+
+    Refuses (``FileExistsError``) to overwrite a model card or weights already on the Hub unless ``force``.
+    ``dry_run`` writes exactly what would be uploaded into ``dry_run_dir`` and contacts nobody. The token
+    goes to ``HfApi`` only; it is never printed or written.
+
+    Example:
+        >>> push_to_hub("outputs/resnet10t_isomaxplus.mnist", "hub_configs/resnet10t_isomaxplus.mnist.json",
+        ...             dry_run=True, dry_run_dir="outputs/hub_dry_run")
+    """
+    from .hub_config import load_hub_config
+
+    config = hub_config if not isinstance(hub_config, (str, Path)) else load_hub_config(hub_config)
+    if dry_run:
+        if dry_run_dir is None:
+            raise ValueError("dry_run needs dry_run_dir: the folder to write the repo content into.")
+        prepare_repo_folder(folder, config, dry_run_dir)
+        return str(dry_run_dir)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    repo_url = api.create_repo(config.repo_id, repo_type="model", private=private, exist_ok=True)
+    existing = set(api.list_repo_files(config.repo_id, repo_type="model")) & {CARD_NAME, WEIGHTS_NAME, CONFIG_NAME}
+    if existing and not force:
+        raise FileExistsError(f"{config.repo_id} already holds {sorted(existing)} on the Hub; pass force=True "
+                              f"(--force) to overwrite them.")
+    with tempfile.TemporaryDirectory() as staging:
+        prepare_repo_folder(folder, config, staging)
+        api.upload_folder(repo_id=config.repo_id, repo_type="model", folder_path=staging,
+                          commit_message=f"Upload {config.name} (timm-isomax)")
+    return str(repo_url)

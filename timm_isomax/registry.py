@@ -13,13 +13,17 @@ Where the weights come from decides how they load:
 * a mirrored tag of the base architecture (``resnet50_isomaxplus.a1_in1k``): SoftMax weights of the base,
   loaded into the backbone by timm exactly as ``timm.create_model("resnet50.a1_in1k")`` would
   (custom loaders, checkpoint filters and ``in_chans`` adaptation included);
-* any other source (``hf-hub:``, ``local-dir:``, a ``pretrained_cfg`` dict or ``file=`` overlay):
-  a whole IsoMax model checkpoint (``backbone.*`` and ``head.*`` keys), checked key by key.
+* a published tag declared by a hub config (``resnet10t_isomaxplus.mnist``, see ``hub_configs/``), or any
+  other source (``hf-hub:``, ``local-dir:``, a ``pretrained_cfg`` dict or ``file=`` overlay): a whole IsoMax
+  model checkpoint (``backbone.*`` and ``head.*`` keys), checked key by key; hub tags download from their
+  Hub repo through the Hugging Face cache.
 """
 import dataclasses
 import difflib
+import functools
+import warnings
 from collections import deque
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import timm
 import torch
@@ -28,6 +32,8 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
+from .hub import IMPORT_HINT
+from .hub_config import HubConfig, packaged_hub_configs
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = [
@@ -47,6 +53,8 @@ ENCODER_ONLY_SUFFIX = "_enc"
 
 # isomax architecture name -> (base architecture, head type)
 _VARIANTS: Dict[str, Tuple[str, str]] = {}
+# "<isomax arch>.<tag>" of published IsoMax weights (hub configs): loaded whole, never as base SoftMax weights
+_ISOMAX_WEIGHT_TAGS: Set[str] = set()
 
 
 def _suffix(head_type: str) -> str:
@@ -90,6 +98,35 @@ def _mirrored_default_cfg(base_arch: str) -> DefaultCfg:
     return DefaultCfg(tags=deque(tags), cfgs=cfgs, is_pretrained=any(c.has_weights for c in cfgs.values()))
 
 
+def _hub_pretrained_cfg(config: HubConfig, base_arch: str) -> PretrainedCfg:
+    # The published model's own cfg: its Hub repo, class count and preprocessing (known once measured).
+    first_conv = _base_pretrained_cfg(base_arch).first_conv
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.data_config or {}).items()}
+    labels = dict(num_classes=len(config.label_names), label_names=tuple(config.label_names)) if config.label_names else {}
+    return PretrainedCfg(hf_hub_id=config.repo_id, license=config.license, architecture=config.architecture,
+                         tag=config.tag, origin_url=f"https://huggingface.co/{config.repo_id}",
+                         paper_ids="arXiv:2105.14399", **labels, **data, **isomax_layer_names(first_conv))
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_configs_by_arch() -> Dict[str, Tuple[HubConfig, ...]]:
+    grouped: Dict[str, List[HubConfig]] = {}
+    for config in packaged_hub_configs():
+        grouped.setdefault(config.architecture, []).append(config)
+    return {arch: tuple(configs) for arch, configs in grouped.items()}
+
+
+def _add_hub_tags(name: str, base_arch: str, default_cfg: DefaultCfg) -> None:
+    # Published tags are appended: the untagged name keeps the base's default tag. Added before
+    # register_model, which copies the DefaultCfg into timm's lookup tables.
+    for config in _hub_configs_by_arch().get(name, ()):
+        if config.tag not in default_cfg.cfgs:
+            default_cfg.tags.append(config.tag)
+        default_cfg.cfgs[config.tag] = _hub_pretrained_cfg(config, base_arch)
+        default_cfg.is_pretrained = True
+        _ISOMAX_WEIGHT_TAGS.add(config.name)
+
+
 def _make_entrypoint(name: str, base_arch: str, head_type: str) -> Callable[..., torch.nn.Module]:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
         return _create_isomax_model(name, pretrained=pretrained, **kwargs)
@@ -125,7 +162,9 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
         names.append(name)
         if name in _VARIANTS:
             continue
-        isomax_models.default_cfgs[name] = _mirrored_default_cfg(base_arch)
+        default_cfg = _mirrored_default_cfg(base_arch)
+        _add_hub_tags(name, base_arch, default_cfg)
+        isomax_models.default_cfgs[name] = default_cfg
         _VARIANTS[name] = (base_arch, head_type)
         register_model(_make_entrypoint(name, base_arch, head_type))
     return names
@@ -136,6 +175,11 @@ def register_all() -> int:
     for arch in timm.list_models():
         if is_classification_architecture(arch):
             register_isomax_variants(arch)
+    unknown = sorted(set(_hub_configs_by_arch()) - set(_VARIANTS))
+    if unknown:
+        # a warning, not an error: one stale hub config must not make `import timm_isomax` fail
+        warnings.warn(f"hub_configs/ declare weights for {unknown}, which this timm has no architecture for; "
+                      f"their tags are not registered (fix those hub configs, or the installed timm).")
     return len(_VARIANTS)
 
 
@@ -163,7 +207,14 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
     source, model_id = timm.models.parse_model_name(model_name)
     if source is None and not timm.is_model(timm.models.get_arch_name(model_id)):
         raise ValueError(f"unknown model {model_name!r}. {closest_models_hint(model_id)}")
-    return timm.create_model(model_name, **kwargs)
+    try:
+        return timm.create_model(model_name, **kwargs)
+    except RuntimeError as error:
+        # an hf-hub:/local-dir: config naming an architecture timm does not know (yet)
+        if not str(error).startswith("Unknown model"):
+            raise
+        raise ValueError(f"{error} (from {model_name!r}): {IMPORT_HINT}; an architecture registered after that "
+                         f"import needs timm_isomax.register_isomax_variants('<base arch>').") from None
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -188,14 +239,17 @@ def _create_isomax_model(
     # A tag (or no cfg) resolves to a mirrored cfg of the base architecture: its weights are the base's
     # SoftMax weights and load through timm's path for the base. Anything else (a cfg given whole by
     # hf-hub:/local-dir:, or an overlay with its own file/url) is read and judged by its keys.
-    registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not any(
+    isomax_tag = f"{variant}.{cfg.tag}" in _ISOMAX_WEIGHT_TAGS
+    registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not isomax_tag and not any(
         (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
     )
     features_only = kwargs.pop("features_only", False)
     feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
 
     if not pretrained or registry_weights:
-        base_source = dict(pretrained_cfg=cfg.tag, pretrained_cfg_overlay=pretrained_cfg_overlay, cache_dir=cache_dir)
+        # a published IsoMax tag does not exist for the base: build the base with its default cfg
+        base_source = dict(pretrained_cfg=None if isomax_tag else cfg.tag, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                           cache_dir=cache_dir)
         if features_only:
             kwargs.pop("num_classes", None)
             return timm.create_model(base_arch, pretrained=pretrained, features_only=True,

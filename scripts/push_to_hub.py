@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Publish a trained IsoMax model to the Hugging Face Hub from its hub config.
+
+    # see exactly what would be uploaded (config.json, model.safetensors, README.md), contact nobody
+    python scripts/push_to_hub.py hub_configs/resnet10t_isomaxplus.mnist.json --dry-run outputs/hub_dry_run
+
+    # upload (token from --token-file, HF_TOKEN or `huggingface-cli login`; never printed)
+    python scripts/push_to_hub.py hub_configs/resnet10t_isomaxplus.mnist.json
+
+The model folder defaults to the config's source_checkpoint; its metrics must have been measured with
+scripts/reproduce.py. An existing model card or weights on the Hub are only overwritten with --force.
+After publishing: `import timm_isomax` then timm.create_model("<architecture>.<tag>", pretrained=True).
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from huggingface_hub.errors import HfHubHTTPError
+
+from timm_isomax.hub import push_to_hub
+from timm_isomax.hub_config import load_hub_config
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("hub_config", help="hub config JSON file (hub_configs/NAME.json)")
+    p.add_argument("--folder", help="model folder to publish (default: the config's source_checkpoint)")
+    p.add_argument("--dry-run", metavar="DIR", help="write the repo content into DIR instead of uploading")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--force", action="store_true", help="overwrite a model card / weights already on the Hub")
+    # a file, not a flag value: a token on the command line ends up in shell history and process lists
+    p.add_argument("--token-file", type=Path, help="file holding a Hub token (default: HF_TOKEN or the saved login)")
+    args = p.parse_args(argv)
+    try:
+        config = load_hub_config(args.hub_config)
+        token = args.token_file.read_text().strip() if args.token_file else None
+        result = push_to_hub(args.folder or config.source_checkpoint, config, token=token, private=args.private,
+                             dry_run=bool(args.dry_run), force=args.force, dry_run_dir=args.dry_run)
+    except (ValueError, FileNotFoundError, FileExistsError, HfHubHTTPError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        files = sorted(p.name for p in Path(result).iterdir())
+        print(f"dry run: wrote {', '.join(files)} into {result} (nothing uploaded)")
+    else:
+        print(f"published {config.name} to {result}; load it with `import timm_isomax` then "
+              f"timm.create_model({config.name!r}, pretrained=True)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Hub publishing and loading, offline: local-dir:, hf-hub: through a pre-built HF cache, published registry
+tags, hub configs, the model card, and uploads at the HfApi boundary (a fake HfApi)."""
+import dataclasses
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import timm
+import torch
+
+import timm_isomax
+from timm_isomax.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_to_hub, render_model_card, save_pretrained
+from timm_isomax.hub_config import HubConfig, load_hub_config, packaged_hub_configs, write_hub_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "resnet10t_isomaxplus"
+TOKEN = "hf_SECRETtoken1234567890"
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _saved_model(folder, num_classes=10, tag="test"):
+    torch.manual_seed(0)
+    model = timm.create_model(ARCH, num_classes=num_classes).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so a wrong load shows
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    save_pretrained(model, folder, label_names=[f"c{i}" for i in range(num_classes)], tag=tag,
+                    data_config={"input_size": (3, 32, 32)})
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    return _saved_model(folder), folder
+
+
+def _install_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    # the layout huggingface_hub's downloads leave: blobs behind snapshots/<commit>, refs/main -> commit
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copy(folder / name, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty HF cache with offline mode on. huggingface_hub reads both settings at import, so the
+    module constants are patched as well as the environment."""
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_local_dir_round_trip_gives_identical_logits(saved, images):
+    model, folder = saved
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+def test_hf_hub_name_loads_through_the_offline_cache(saved, images, offline_cache):
+    model, folder = saved
+    _install_in_hf_cache(offline_cache, "test-org/tiny_isomaxplus", folder)
+    loaded = timm.create_model("hf-hub:test-org/tiny_isomaxplus", pretrained=True).eval()
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+    assert loaded.pretrained_cfg["label_names"][:2] == ["c0", "c1"] or loaded.pretrained_cfg["label_names"][:2] == ("c0", "c1")
+
+    # another class count: the backbone is kept, the head starts fresh
+    five = timm.create_model("hf-hub:test-org/tiny_isomaxplus", pretrained=True, num_classes=5).eval()
+    assert five.num_classes == 5
+    torch.testing.assert_close(five.backbone(images), model.backbone(images), rtol=0, atol=0)
+
+    features = timm.create_model("hf-hub:test-org/tiny_isomaxplus", pretrained=True, features_only=True).eval()
+    torch.testing.assert_close(features(images)[-1], model.backbone.forward_features(images), rtol=0, atol=0)
+
+
+def test_published_tag_loads_isomax_weights_from_its_hub_repo(tmp_path, images, offline_cache):
+    config = next(c for c in packaged_hub_configs() if c.name == f"{ARCH}.mnist")
+    num_classes = timm.models.get_pretrained_cfg(config.name).num_classes
+    model = _saved_model(tmp_path / "published", num_classes=num_classes, tag="mnist")
+    _install_in_hf_cache(offline_cache, config.repo_id, tmp_path / "published")
+    loaded = timm.create_model(config.name, pretrained=True).eval()  # not the base's SoftMax weights
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+    assert loaded.pretrained_cfg["hf_hub_id"] == config.repo_id
+    # without pretrained weights the tag still builds (the base's default cfg, not an unknown base tag)
+    assert timm.create_model(config.name).num_classes == num_classes
+    # the mirrored base tags are untouched: the untagged name keeps the base's default tag
+    assert timm.create_model(ARCH).pretrained_cfg["tag"] == timm.models.get_pretrained_cfg("resnet10t").tag
+
+
+def test_packaged_hub_configs_ship_in_the_package_and_register():
+    configs = packaged_hub_configs()
+    assert {c.name for c in configs} >= {f"{ARCH}.mnist", f"{ARCH}.fashion_mnist", "cifar_resnet20_isomaxplus.cifar10"}
+    published = set(timm.list_models(pretrained=True))
+    for config in configs:
+        assert config.name in published
+        assert config.path.parent.name == "hub_configs"
+
+
+def test_invalid_hub_config_gives_a_one_line_error(tmp_path):
+    config = packaged_hub_configs()[0]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**config.to_json(), "repo_id": "no-slash"}))
+    with pytest.raises(ValueError, match=r"repo_id must be 'ORG/NAME'") as error:
+        load_hub_config(path)
+    assert "\n" not in str(error.value)
+    path.write_text(json.dumps({**config.to_json(), "extra": 1}))
+    with pytest.raises(ValueError, match="unknown field"):
+        load_hub_config(path)
+
+
+# --- publishing -----------------------------------------------------------------------------------
+def _test_config(folder: Path, tmp_path: Path) -> HubConfig:
+    config = HubConfig(
+        repo_id="test-org/resnet10t_isomaxplus.test", architecture=ARCH, tag="test", source_checkpoint=str(folder),
+        dataset=dict(name="mnist", path="../shared/data/mnist", hub_id="ylecun/mnist", train_split="train",
+                     eval_split="test"),
+        ood_datasets=[dict(name="notmnist", path="../shared/data/notmnist", split="test")],
+        finetune_args=["--model", ARCH, "--from-scratch", "--output", str(folder)], license="apache-2.0",
+        label_names=[f"c{i}" for i in range(10)], data_config={"input_size": [3, 32, 32]},
+        metrics=dict(accuracy=0.9, id_images=100, ood_images={"notmnist": 100}, score="mds",
+                     ood={"notmnist": dict(auroc=0.8, fpr_at_95_tpr=0.5), "mean": dict(auroc=0.8, fpr_at_95_tpr=0.5)},
+                     conventions={"auroc": "AUROC, ID positive"}, threshold=-1.5, threshold_tpr=0.95,
+                     threshold_fitted_on="mnist:test", temperature=1.0, command="python scripts/reproduce.py x.json"))
+    return load_hub_config(write_hub_config(config, tmp_path / "test.json"))
+
+
+class FakeHfApi:
+    """The HfApi calls push_to_hub makes, recorded; ``existing`` = files already in the repo."""
+
+    instances = []
+
+    def __init__(self, token=None, existing=()):
+        self.token, self.existing, self.calls, self.uploaded = token, set(existing), [], {}
+        FakeHfApi.instances.append(self)
+
+    def create_repo(self, repo_id, repo_type=None, private=False, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private))
+        return f"https://huggingface.co/{repo_id}"
+
+    def list_repo_files(self, repo_id, repo_type=None):
+        return sorted(self.existing)
+
+    def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None):
+        self.calls.append(("upload_folder", repo_id))
+        self.uploaded = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        self.existing |= set(self.uploaded)
+
+
+def test_push_creates_the_repo_uploads_three_files_and_refuses_to_overwrite(saved, tmp_path, images):
+    model, folder = saved
+    config = _test_config(folder, tmp_path)
+    api = FakeHfApi(token=TOKEN)
+    url = push_to_hub(folder, config, token=TOKEN, api=api)
+    assert url == "https://huggingface.co/test-org/resnet10t_isomaxplus.test"
+    assert api.calls == [("create_repo", config.repo_id, False), ("upload_folder", config.repo_id)]
+    assert sorted(api.uploaded) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]  # never a pickle
+    assert all(TOKEN.encode() not in content for content in api.uploaded.values())
+    hub_config = json.loads(api.uploaded[CONFIG_NAME])
+    assert hub_config["architecture"] == ARCH and hub_config["num_classes"] == 10
+    assert hub_config["isomax"]["head_type"] == "isomaxplus" and "import timm_isomax" in hub_config["isomax"]["usage"]
+    assert hub_config["pretrained_cfg"]["tag"] == "test"
+
+    with pytest.raises(FileExistsError, match="force"):
+        push_to_hub(folder, config, api=api)
+    assert api.calls[-1][0] == "create_repo"  # refused before uploading anything
+    push_to_hub(folder, config, api=api, force=True)
+    assert api.calls[-1] == ("upload_folder", config.repo_id)
+
+
+def test_push_script_dry_run_and_token_never_printed(saved, tmp_path, monkeypatch, capsys):
+    model, folder = saved
+    config = _test_config(folder, tmp_path)
+    script = _load_script("push_to_hub")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    FakeHfApi.instances.clear()
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    assert script.main([str(config.path), "--token-file", str(token_file)]) == 0
+    assert FakeHfApi.instances[-1].token == TOKEN  # the token reaches HfApi, and only HfApi
+    assert script.main([str(config.path), "--token-file", str(token_file), "--dry-run", str(tmp_path / "dry")]) == 0
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err
+    dry = tmp_path / "dry"
+    assert sorted(p.name for p in dry.iterdir()) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]
+    assert all(TOKEN.encode() not in p.read_bytes() for p in dry.iterdir())
+    assert FakeHfApi.instances[-1].uploaded.keys() == {p.name for p in dry.iterdir()}
+
+
+def test_model_card_has_the_required_fields(saved, tmp_path):
+    config = _test_config(saved[1], tmp_path)
+    card = render_model_card(config)
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    for line in ("library_name: timm", "license: apache-2.0", "- image-classification", "- timm",
+                 "- out-of-distribution-detection", "- isomax", "- ylecun/mnist", "- accuracy"):
+        assert line in front.splitlines()
+    assert "import timm_isomax" in body and "registers" in body
+    assert "Entropic Out-of-Distribution Detection" in body and "2105.14399" in body
+    assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
+
+
+def test_push_refuses_unmeasured_config(saved, tmp_path):
+    config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
+    with pytest.raises(ValueError, match="reproduce.py"):
+        push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")
+
+
+def test_create_model_names_the_missing_import_for_unknown_saved_architectures(saved, tmp_path):
+    folder = tmp_path / "unknown_arch"
+    shutil.copytree(saved[1], folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    (folder / CONFIG_NAME).write_text(json.dumps({**config, "architecture": "myarch_isomaxplus"}))
+    with pytest.raises(ValueError, match="import timm_isomax"):
+        timm_isomax.create_model(f"local-dir:{folder}", pretrained=True)

@@ -1,0 +1,159 @@
+"""Hub configs: one JSON file per published model, the single source of truth for its Hub repo.
+
+A hub config records where the model goes (``repo_id``), what it is (``architecture`` + ``tag``, so that
+``timm.create_model("<architecture>.<tag>", pretrained=True)`` loads it from the Hub after
+``import timm_isomax``), how it was made (the exact ``scripts/finetune.py`` argument list, the dataset and
+OOD sets) and what it measures (``metrics``, filled in by ``scripts/reproduce.py``).
+
+The files live in the top-level ``hub_configs/`` folder, installed as the data package
+``timm_isomax.hub_configs``::
+
+    >>> from timm_isomax.hub_config import packaged_hub_configs, load_hub_config
+    >>> [c.name for c in packaged_hub_configs()]
+    ['resnet10t_isomaxplus.mnist', ...]
+    >>> cfg = load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json")
+    >>> cfg.repo_id
+    'timm-isomax/resnet10t_isomaxplus.mnist'
+"""
+import dataclasses
+import functools
+import importlib.resources
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .hub import _atomic_write
+
+__all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "HUB_CONFIG_PACKAGE"]
+
+HUB_CONFIG_PACKAGE = "timm_isomax.hub_configs"
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HEAD_SUFFIXES = ("_isomaxplus", "_isomax")
+
+
+@dataclass
+class HubConfig:
+    """One published model. ``metrics`` is None until ``scripts/reproduce.py`` (or a person) measures it.
+
+    ``dataset``: ``{"name", "path", "train_split", "eval_split"}`` (+ optional ``"hub_id"`` for the card);
+    ``ood_datasets``: ``[{"name", "path", "split"}, ...]``; ``finetune_args``: the ``scripts/finetune.py``
+    arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``.
+    """
+
+    repo_id: str
+    architecture: str
+    tag: str
+    source_checkpoint: str
+    dataset: Dict[str, Any]
+    ood_datasets: List[Dict[str, Any]]
+    finetune_args: List[str]
+    license: str
+    evaluation: Dict[str, Any] = field(default_factory=dict)
+    label_names: Optional[List[str]] = None
+    data_config: Optional[Dict[str, Any]] = None
+    metrics: Optional[Dict[str, Any]] = None
+    description: str = ""
+    path: Optional[Path] = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The timm name of the published weights, ``<architecture>.<tag>``."""
+        return f"{self.architecture}.{self.tag}"
+
+    @property
+    def head_type(self) -> str:
+        return "isomaxplus" if self.architecture.endswith("_isomaxplus") else "isomax"
+
+    def to_json(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{where}: {message}; fix the hub config JSON file.")
+
+
+def _validate(data: Any, where: str) -> HubConfig:
+    _require(isinstance(data, dict), where, "must hold a JSON object")
+    known = {f.name for f in dataclasses.fields(HubConfig)} - {"path"}
+    unknown = sorted(set(data) - known)
+    _require(not unknown, where, f"unknown field(s) {unknown}; known: {sorted(known)}")
+    required = [f.name for f in dataclasses.fields(HubConfig)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    _require(not missing, where, f"missing field(s) {missing}")
+    for key in ("repo_id", "architecture", "tag", "source_checkpoint", "license"):
+        _require(isinstance(data[key], str) and data[key], where, f"{key!r} must be a non-empty string")
+    _require(bool(_REPO_ID.match(data["repo_id"])), where, f"repo_id must be 'ORG/NAME', got {data['repo_id']!r}")
+    _require(data["architecture"].endswith(_HEAD_SUFFIXES), where,
+             f"architecture must be an IsoMax name '<arch>_isomaxplus' or '<arch>_isomax', got {data['architecture']!r}")
+    _require("." not in data["tag"], where, f"tag must not contain '.', got {data['tag']!r}")
+    for key in ("name", "path", "train_split", "eval_split"):
+        _require(isinstance(data["dataset"], dict) and isinstance(data["dataset"].get(key), str), where,
+                 f"dataset.{key} must be a string")
+    _require(isinstance(data["ood_datasets"], list) and all(
+        isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "path", "split"))
+        for d in data["ood_datasets"]), where, "ood_datasets must be a list of {name, path, split}")
+    args = data["finetune_args"]
+    _require(isinstance(args, list) and all(isinstance(a, str) for a in args), where,
+             "finetune_args must be a list of strings (the scripts/finetune.py argument list)")
+    _require(_flag_value(args, "--output") == data["source_checkpoint"], where,
+             "finetune_args must contain '--output SOURCE_CHECKPOINT' (the folder reproduce.py trains into)")
+    labels = data.get("label_names")
+    _require(labels is None or (isinstance(labels, list) and all(isinstance(n, str) for n in labels)), where,
+             "label_names must be a list of strings or null")
+    for key in ("data_config", "metrics", "evaluation"):
+        _require(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object or null")
+    return HubConfig(**{**data, "evaluation": data.get("evaluation") or {}})
+
+
+def _flag_value(args: List[str], flag: str) -> Optional[str]:
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def load_hub_config(path: Union[str, Path]) -> HubConfig:
+    """Read and validate one hub config; every problem is a one-line ``ValueError`` naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: pass a file from hub_configs/ (e.g. hub_configs/NAME.json).") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix the hub config JSON file.") from None
+    config = _validate(data, str(path))
+    config.path = path
+    return config
+
+
+def write_hub_config(config: HubConfig, path: Optional[Union[str, Path]] = None) -> Path:
+    """Write ``config`` (validated first) to ``path`` (default: where it was read from), atomically."""
+    path = Path(path or config.path or "")
+    if not path.name:
+        raise ValueError("write_hub_config needs a path for a config that was not read from a file.")
+    data = config.to_json()
+    _validate(data, str(path))
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    packaged_hub_configs.cache_clear()
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged() -> Tuple[HubConfig, ...]:
+    folder = importlib.resources.files(HUB_CONFIG_PACKAGE)
+    configs = [load_hub_config(Path(str(entry))) for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+               if entry.name.endswith(".json")]
+    names = [c.name for c in configs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"hub configs declare {duplicates} more than once; give each file its own architecture.tag.")
+    return tuple(configs)
+
+
+def packaged_hub_configs() -> List[HubConfig]:
+    """The hub configs shipped in the package (``hub_configs/*.json``), sorted by file name."""
+    return list(_packaged())
+
+
+packaged_hub_configs.cache_clear = _packaged.cache_clear  # type: ignore[attr-defined]

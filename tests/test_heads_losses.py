@@ -163,3 +163,33 @@ def test_loss_rejects_bad_settings():
         IsoMaxPlusLoss(entropic_scale=0)
     with pytest.raises(ValueError, match="logits must be a float tensor"):
         IsoMaxPlusLoss()(torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 2]))
+
+
+def test_fused_head_matches_autograd_composition_and_inference_cache_follows_updates():
+    torch.manual_seed(6)
+    head = IsoMaxPlusHead(48, 300)
+    with torch.no_grad():
+        head.distance_scale.fill_(-1.7)
+        head.temperature.fill_(1.3)
+    features = torch.randn(20, 48, requires_grad=True)
+    with torch.no_grad():
+        features[0] = head.prototypes[5]  # distance 0: the floor's masked gradient
+    weights = torch.randn(20, 300)
+    (head(features) * weights).sum().backward()
+    fused = [features.grad.clone(), head.prototypes.grad.clone(), head.distance_scale.grad.clone()]
+    features.grad = None
+    head.zero_grad()
+    reference = -head.distance_scale.abs() * timm_isomax.euclidean_distances(
+        F.normalize(features, dim=1), F.normalize(head.prototypes, dim=1), unit_norm=True) / head.temperature
+    (reference * weights).sum().backward()
+    # row 0 sits at distance ~0, where 1/d (~3e3 in fp32) amplifies rounding in both forms: atol 1e-5
+    for got, expected in zip(fused, [features.grad, head.prototypes.grad, head.distance_scale.grad]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the cached inference path gives the same logits, before and after an update
+        torch.testing.assert_close(head(features), reference.detach())
+        head.prototypes.mul_(-1.0)
+        torch.testing.assert_close(head(features), paper_isomaxplus_logits(features, head.prototypes, -1.7).float() / 1.3,
+                                   rtol=1e-5, atol=1e-5)
+        head.load_state_dict({**head.state_dict(), "prototypes": torch.randn(300, 48)})
+        torch.testing.assert_close(head(features), paper_isomaxplus_logits(features, head.prototypes, -1.7).float() / 1.3,
+                                   rtol=1e-5, atol=1e-5)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""A timm model with its SoftMax classifier against its _isomaxplus variant: inference throughput and
+training-step time, interleaved in one process, with the ratio (IsoMax+ / SoftMax throughput).
+
+    python scripts/benchmark_model.py                                  # resnet50, batch 64, 224 px, CPU
+    python scripts/benchmark_model.py --img-size 128 --rounds 5        # quicker on 2 CPU cores
+    python scripts/benchmark_model.py --device cuda --amp
+"""
+import argparse
+import statistics
+
+import timm
+import torch
+
+import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
+from benchmark_head import time_call
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    models = {name: timm.create_model(name, num_classes=args.num_classes).to(device)
+              for name in (args.arch, f"{args.arch}_isomaxplus")}
+    losses = {args.arch: torch.nn.CrossEntropyLoss(), f"{args.arch}_isomaxplus": timm_isomax.IsoMaxPlusLoss()}
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) for name, model in models.items()}
+    autocast = dict(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                    enabled=args.amp)
+
+    def infer(name):
+        models[name].eval()
+        with torch.no_grad(), torch.autocast(**autocast):
+            models[name](images)
+
+    def train_step(name):
+        models[name].train()
+        with torch.autocast(**autocast):
+            loss = losses[name](models[name](images), targets)
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+
+    times = {(name, kind): [] for name in models for kind in ("infer", "train")}
+    for round_index in range(args.rounds + 1):  # one warm-up round
+        for name in models:
+            for kind, fn in (("infer", infer), ("train", train_step)):
+                elapsed = time_call(lambda: fn(name), device)
+                if round_index:
+                    times[(name, kind)].append(elapsed)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    print(f"{args.arch}, batch {args.batch_size}, {args.img_size} px, {args.num_classes} classes, device {device}, "
+          f"amp {args.amp}, {torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds")
+    base = args.arch
+    for name in models:
+        infer_rate = args.batch_size / medians[(name, "infer")]
+        train_ms = 1e3 * medians[(name, "train")]
+        print(f"  {name:28s} inference {infer_rate:8.1f} img/s ({infer_rate * medians[(base, 'infer')] / args.batch_size:.3f}x)"
+              f"   train step {train_ms:8.1f} ms (throughput {medians[(base, 'train')] / medians[(name, 'train')]:.3f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -142,3 +142,13 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
     assert alongside.returncode == 0, alongside.stderr[-1500:]
     after = run([*args, "--output", str(tmp_path / "a")])  # released: the folder is usable again
     assert after.returncode == 0, after.stderr[-1500:]
+
+
+def test_a_nan_loss_stops_the_run_with_a_message_and_writes_nothing_bad(tmp_path):
+    output = tmp_path / "nan"
+    result = run(["--model", "resnet10t_isomaxplus", "--from-scratch", "--dataset", "sklearn-digits", "--img-size", "32",
+                  "--no-aug", "--workers", "0", "--epochs", "2", "--train-limit", "640", "--batch-size", "32",
+                  "--lr", "1e30", "--no-progress", "--output", str(output)])
+    assert result.returncode == 2
+    assert "error: the training loss became nan in epoch 1" in result.stderr and "--resume" in result.stderr
+    assert not (output / "training" / "checkpoint.pt").exists() and not (output / "model.safetensors").exists()

@@ -16,7 +16,7 @@ tensors and plain containers is refused rather than executed.
 """
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch

@@ -58,10 +58,9 @@ def euclidean_distances(
     if mode != "matmul":
         raise ValueError(f"distance mode must be one of {DISTANCE_MODES}, got {mode!r}")
     if unit_norm:
-        squared = torch.addmm(x.new_full((1, 1), 2.0), x, y.t(), beta=1.0, alpha=-2.0)
-    else:
-        squared_norms = x.pow(2).sum(dim=1, keepdim=True) + y.pow(2).sum(dim=1).unsqueeze(0)
-        squared = torch.addmm(squared_norms, x, y.t(), beta=1.0, alpha=-2.0)
+        return _unit_distances(x, y)[1]
+    squared_norms = x.pow(2).sum(dim=1, keepdim=True) + y.pow(2).sum(dim=1).unsqueeze(0)
+    squared = torch.addmm(squared_norms, x, y.t(), beta=1.0, alpha=-2.0)
     return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
 
 

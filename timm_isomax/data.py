@@ -5,8 +5,10 @@
 image folder; or ``"sklearn-digits"``, scikit-learn's bundled 8x8 handwritten digits, real data that
 ``pip`` installs, so everything here runs on a machine without network or shared data.
 """
+import io
+import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -18,6 +20,10 @@ __all__ = [
     "load_image_dataset",
     "find_columns",
     "select_classes",
+    "check_labels",
+    "convert_image",
+    "undecodable_rows",
+    "drop_undecodable_images",
     "ImageDataset",
     "materialize",
     "model_in_chans",
@@ -43,8 +49,6 @@ def _sklearn_digits(seed: int = 0, test_fraction: float = 0.3) -> datasets.Datas
 
 def _load_local(path: Path, cache_dir: Optional[str]) -> datasets.DatasetDict:
     if path.is_file():
-        if path.suffix != ".parquet":
-            raise ValueError(f"{path}: a dataset file must be Parquet (.parquet); for images use their folder.")
         return datasets.load_dataset("parquet", data_files={path.stem: str(path)}, cache_dir=cache_dir)
     if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
         loaded = datasets.load_from_disk(str(path))
@@ -74,7 +78,14 @@ def load_image_dataset(
     if source == SKLEARN_DIGITS:
         splits = _sklearn_digits()
     elif Path(source).exists():
-        splits = _load_local(Path(source), cache_dir)
+        if Path(source).is_file() and Path(source).suffix != ".parquet":
+            raise ValueError(f"{source}: a dataset file must be Parquet (.parquet); for images use their folder.")
+        try:
+            splits = _load_local(Path(source), cache_dir)
+        except Exception as error:  # datasets' readers raise IndexError, ArrowInvalid, ValueError ... on damaged or empty files
+            raise ValueError(f"could not read the dataset at {source!r} ({type(error).__name__}: "
+                             f"{(str(error).splitlines() or [''])[0]}); check that it holds Parquet files, a "
+                             f"save_to_disk folder or an image folder, and that they are complete.") from None
     else:
         try:
             splits = datasets.load_dataset(source, cache_dir=cache_dir)
@@ -97,12 +108,16 @@ def find_columns(
     """The image column and the label column (``None`` where the dataset has no labels).
 
     Detected from the features (``datasets.Image`` / ``datasets.ClassLabel``, else an integer column
-    named ``label`` or ``labels``) unless given.
+    named ``label`` or ``labels``) unless given. A given column must have the right type: an image column
+    is a ``datasets.Image`` feature, a label column a ``ClassLabel`` or integer one; anything else is a
+    one-line ``ValueError`` saying how to cast it.
     """
+    _require_split(dataset)
     features = dataset.features
-    for given, kind in ((image_column, "image"), (label_column, "label")):
-        if given is not None and given not in features:
-            raise ValueError(f"no {kind} column {given!r}; the dataset's columns are {list(features)}.")
+    if image_column is not None:
+        _check_column(dataset, image_column, "image")
+    if label_column is not None:
+        _check_column(dataset, label_column, "label")
     if image_column is None:
         image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
         if not image_columns:
@@ -110,50 +125,223 @@ def find_columns(
         image_column = image_columns[0]
     if label_column is None:
         class_labels = [name for name, f in features.items() if isinstance(f, datasets.ClassLabel)]
-        named = [n for n in ("label", "labels") if n in features and getattr(features[n], "dtype", "").startswith("int")]
+        named = [n for n in ("label", "labels") if n in features and _is_label_feature(features[n])]
         label_column = (class_labels or named or [None])[0]
     return image_column, label_column
 
 
+def _require_split(dataset: Any) -> None:
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(f"expected a datasets.Dataset (one split), got {type(dataset).__name__}; pick a split, "
+                         f"e.g. load_image_dataset(source, split='train').")
+
+
+def _check_column(dataset: datasets.Dataset, column: str, kind: str) -> None:
+    """One-line ``ValueError`` unless ``column`` exists and holds ``kind`` ("image" or "label") values."""
+    features = dataset.features
+    if column not in features:
+        raise ValueError(f"no {kind} column {column!r}; the dataset's columns are {list(features)}.")
+    feature = features[column]
+    if kind == "image" and not isinstance(feature, datasets.Image):
+        raise ValueError(f"column {column!r} holds {_feature_name(feature)}, not images; pass the image column, or "
+                         f"cast it with dataset.cast_column({column!r}, datasets.Image()).")
+    if kind == "label" and not _is_label_feature(feature):
+        raise ValueError(f"column {column!r} holds {_feature_name(feature)}, not integer class labels; pass another "
+                         f"label column, or encode it with dataset.class_encode_column({column!r}).")
+
+
+def _is_label_feature(feature: Any) -> bool:
+    return isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")))
+
+
+def _feature_name(feature: Any) -> str:
+    return f"{type(feature).__name__}({feature.dtype})" if isinstance(feature, datasets.Value) else type(feature).__name__
+
+
 def select_classes(dataset: datasets.Dataset, classes: Sequence[int], label_column: str = "label") -> datasets.Dataset:
-    """The rows whose label is in ``classes`` (e.g. for held-out-class OOD protocols)."""
+    """The rows whose label is in ``classes`` (e.g. for held-out-class OOD protocols).
+
+    Rows without a label (None) are never selected. A missing or non-integer label column, or classes
+    that are not integers, are one-line ``ValueError``s.
+    """
+    _require_split(dataset)
+    _check_column(dataset, label_column, "label")
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                                                    for c in classes):
+        raise ValueError(f"classes must be a sequence of integer class indices, got {classes!r}.")
     wanted = set(int(c) for c in classes)
     labels = dataset[label_column]
     return dataset.select([i for i, y in enumerate(labels) if y in wanted])
 
 
+def check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int, name: str = "the dataset") -> None:
+    """Raise a one-line ``ValueError`` unless every row of ``label_column`` is a class index in
+    ``[0, num_classes)``: missing (None) and negative labels, and labels past the class count, would
+    otherwise fail in the middle of training (or, on a GPU, as a device-side assertion)."""
+    _require_split(dataset)
+    _check_column(dataset, label_column, "label")
+    labels = dataset[label_column]
+    bad = [i for i, y in enumerate(labels) if y is None or not 0 <= y < num_classes]
+    if bad:
+        raise ValueError(f"{name}: {len(bad)} of {len(labels)} rows have a label outside [0, {num_classes - 1}] or no "
+                         f"label (first: row {bad[0]}, label {labels[bad[0]]!r}); drop or fix those rows, or check "
+                         f"that the label column and class count are right.")
+
+
+# 16-bit and 32-bit single-channel modes: PIL's convert("L") clips them at 255 instead of rescaling
+_WIDE_GREY_MODES = ("I", "F")
+# modes whose transparency is composited onto a white background (what an image viewer shows)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# rows scanned per batch by undecodable_rows (bounds the memory of undecoded image bytes)
+_SCAN_BATCH = 1000
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """An 8-bit "L" image from a 16-bit ("I;16*"), 32-bit integer ("I") or float ("F") one, rescaled.
+
+    "I;16*" and "I" images with values above 255 are taken as 16-bit (0..65535, e.g. 16-bit PNGs); "F"
+    images with values in [0, 1] are scaled by 255; everything is clipped to the 8-bit range.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.size and values.max() > 255):
+        values = values / 257.0  # 65535 -> 255
+    elif image.mode == "F" and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def convert_image(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in PIL ``mode`` ("RGB" or "L"), converting what ``Image.convert`` gets wrong:
+
+    * 16-bit / 32-bit grey ("I;16", "I", "F") is rescaled to 8 bits, not clipped at 255 (see
+      :func:`_to_8bit_grey`);
+    * transparency (RGBA, LA, PA, palette images with a transparent colour) is composited onto white
+      instead of dropped (dropping it exposes whatever colour transparent pixels happen to store);
+    * CMYK, "1", YCbCr, LAB, HSV, ... go through RGB (PIL has no direct LAB -> L conversion).
+    """
+    if image.mode == mode:
+        return image
+    if image.mode.startswith("I;16") or image.mode in _WIDE_GREY_MODES:
+        image = _to_8bit_grey(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _ALPHA_MODES or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return image.convert(mode)
+
+
+def _decode_problem(value: Any) -> Optional[str]:
+    """Why an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) cannot be decoded, or None."""
+    if value is None or (value.get("bytes") is None and not value.get("path")):
+        return "no image"
+    try:
+        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]) as image:
+            image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale (still reads every byte); no-op otherwise
+            image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    return None
+
+
+def undecodable_rows(dataset: datasets.Dataset, image_column: str) -> Dict[int, str]:
+    """``{row: reason}`` for every row of ``image_column`` that PIL cannot decode (or that has no image).
+
+    Reads each image once, without keeping it (undecoded bytes, ``_SCAN_BATCH`` rows at a time).
+    """
+    _check_column(dataset, image_column, "image")
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
+    problems: Dict[int, str] = {}
+    for start in range(0, len(raw), _SCAN_BATCH):
+        for offset, value in enumerate(raw[start:start + _SCAN_BATCH][image_column]):
+            problem = _decode_problem(value)
+            if problem:
+                problems[start + offset] = problem
+    return problems
+
+
+def drop_undecodable_images(dataset: datasets.Dataset, image_column: str, name: str = "the dataset"
+                            ) -> Tuple[datasets.Dataset, List[int]]:
+    """``dataset`` without its undecodable images, and the dropped row indices.
+
+    A warning says how many rows were dropped and why the first one failed; all rows undecodable is a
+    one-line ``ValueError`` (there is nothing to train or evaluate on).
+    """
+    problems = undecodable_rows(dataset, image_column)
+    if not problems:
+        return dataset, []
+    first = min(problems)
+    if len(problems) == len(dataset):
+        raise ValueError(f"{name}: none of its {len(dataset)} images can be decoded (row {first}: {problems[first]}); "
+                         f"check that column {image_column!r} holds image files.")
+    warnings.warn(f"{name}: skipped {len(problems)} of {len(dataset)} images that cannot be decoded (first: row {first}, "
+                  f"{problems[first]}).", stacklevel=2)
+    bad = set(problems)
+    return dataset.select([i for i in range(len(dataset)) if i not in bad]), sorted(problems)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A ``datasets.Dataset`` of images as ``(tensor, label)`` pairs for a timm model.
 
-    Images are converted to ``mode`` (``"RGB"`` or ``"L"``, from the model's input channels), then
-    ``transform`` (e.g. ``timm.data.create_transform``) is applied. Rows without a label give -1.
+    Images are converted to ``mode`` (``"RGB"`` or ``"L"``, from the model's input channels) by
+    :func:`convert_image` (16-bit grey rescaled, transparency composited onto white, CMYK / palette /
+    1-bit converted), then ``transform`` (e.g. ``timm.data.create_transform``) is applied. Rows without a
+    label give -1.
+
+    Undecodable images (truncated or corrupt files, rows without an image): with
+    ``skip_undecodable=True`` every image is decoded once here and the bad rows are dropped, with a
+    warning giving their count (``skipped_rows`` lists them); otherwise reading a bad row raises a
+    one-line ``ValueError`` naming the row.
 
     Args:
         dataset: the Hugging Face dataset.
         transform: PIL image -> tensor.
         mode: PIL mode the model takes.
         image_column / label_column: detected by :func:`find_columns` unless given.
+        skip_undecodable: check every image up front and drop the ones that cannot be decoded.
     """
 
     def __init__(self, dataset: datasets.Dataset, transform: Callable, mode: str = "RGB",
-                 image_column: Optional[str] = None, label_column: Optional[str] = None):
+                 image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 skip_undecodable: bool = False):
+        if mode not in ("RGB", "L"):
+            raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}.")
+        self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
+        self.skipped_rows: List[int] = []
+        if skip_undecodable:
+            dataset, self.skipped_rows = drop_undecodable_images(dataset, self.image_column)
         self.dataset = dataset
         self.transform = transform
         self.mode = mode
-        self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        row = self.dataset[index]
-        image = row[self.image_column].convert(self.mode)
+        try:
+            row = self.dataset[index]  # decodes the image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"row {index}: the image in column {self.image_column!r} cannot be decoded "
+                             f"({type(error).__name__}: {(str(error).splitlines() or [''])[0]}); remove the row, or "
+                             f"pass skip_undecodable=True to skip such rows.") from None
+        image = row[self.image_column]
+        if image is None:
+            raise ValueError(f"row {index} has no image in column {self.image_column!r}; remove the row, or pass "
+                             f"skip_undecodable=True to skip such rows.")
         label = row[self.label_column] if self.label_column is not None else -1
-        return self.transform(image), -1 if label is None else int(label)
+        return self.transform(convert_image(image, self.mode)), -1 if label is None else int(label)
 
 
 def materialize(dataset: torch.utils.data.Dataset, batch_size: int = 256) -> torch.utils.data.TensorDataset:
-    """Run a (deterministic) dataset once and keep the tensors in memory: small sets, repeated epochs."""
+    """Run a (deterministic) dataset once and keep the tensors in memory: small sets, repeated epochs.
+
+    An empty dataset is a one-line ``ValueError`` (there is nothing to stack).
+    """
+    if len(dataset) == 0:
+        raise ValueError("cannot materialize an empty dataset (0 rows); check the split, limit and filters.")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     images: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
@@ -218,7 +406,7 @@ def model_transform(model: torch.nn.Module, is_training: bool = False, data_conf
 def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Dataset], split: Optional[str] = None,
                       is_training: bool = False, limit: Optional[int] = None, image_column: Optional[str] = None,
                       label_column: Optional[str] = None, data_config: Optional[Dict] = None,
-                      **transform_kwargs) -> ImageDataset:
+                      skip_undecodable: bool = False, **transform_kwargs) -> ImageDataset:
     """An :class:`ImageDataset` preprocessed the way ``model`` expects (its timm data config).
 
     Args:
@@ -228,6 +416,8 @@ def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Datase
         is_training: timm's training transform (augmentation) instead of the eval transform.
         limit: keep the first ``limit`` rows.
         data_config: data-config keys to override (e.g. ``{"input_size": (3, 32, 32)}``).
+        skip_undecodable: decode every image once and drop the rows that fail, with a warning giving
+            their count (see :class:`ImageDataset`); otherwise a bad row raises when it is read.
         transform_kwargs: further ``timm.data.create_transform`` arguments (e.g. ``scale``, ``hflip``).
 
     Example:
@@ -237,4 +427,5 @@ def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Datase
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))
     transform, mode = model_transform(model, is_training, data_config, **transform_kwargs)
-    return ImageDataset(dataset, transform, mode=mode, image_column=image_column, label_column=label_column)
+    return ImageDataset(dataset, transform, mode=mode, image_column=image_column, label_column=label_column,
+                        skip_undecodable=skip_undecodable)

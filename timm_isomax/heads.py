@@ -53,12 +53,25 @@ def euclidean_distances(
         >>> d.shape
         torch.Size([4, 3])
     """
-    if mode == "cdist":
-        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
-    if mode != "matmul":
+    if mode not in DISTANCE_MODES:
         raise ValueError(f"distance mode must be one of {DISTANCE_MODES}, got {mode!r}")
-    if unit_norm:
+    if mode == "matmul" and unit_norm:
         return _unit_distances(x, y)[1]
+    # Computed on x / s and y / s, then multiplied back by s, a power of two >= every magnitude: the
+    # squares inside cannot overflow (norms above ~1e19 in float32 gave inf, and inf - inf = NaN), and
+    # the values are bit-identical to the unscaled form elsewhere, except that the matmul form's floor
+    # becomes 1e-6 * s, still far below its cancellation error (~3e-4 * |x|). s is constant for autograd.
+    magnitude = y.detach().abs().amax() if y.numel() else torch.zeros((), device=y.device, dtype=y.dtype)
+    if x.numel():  # an empty batch has no maximum
+        magnitude = torch.maximum(magnitude, x.detach().abs().amax())
+    scale = _power_of_two_at_least(magnitude)
+    x, y = x / scale, y / scale
+    if mode == "cdist":
+        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") * scale
+    return _matmul_distances(x, y) * scale
+
+
+def _matmul_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     squared_norms = x.pow(2).sum(dim=1, keepdim=True) + y.pow(2).sum(dim=1).unsqueeze(0)
     squared = torch.addmm(squared_norms, x, y.t(), beta=1.0, alpha=-2.0)
     return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
@@ -71,6 +84,29 @@ def _unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(x / |x|, |x|)`` row-wise, the norm floored like F.normalize."""
     norms = x.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
     return x / norms, norms
+
+
+def _unit_feature_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_unit_rows` that also holds for rows whose squared norm over- or underflows float32 (norms
+    above ~1e19 or below ~1e-19, where ``x.norm()`` gives inf or 0 and the direction would be lost).
+
+    Each row is divided by its largest magnitude first (a constant for autograd: the direction does not
+    depend on it). Used for features, the head's untrusted input; prototypes are trained parameters, and
+    this costs two extra passes over (B, D), not over the (C, D) prototypes.
+    """
+    row_scale = _power_of_two_at_least(x.detach().abs().amax(dim=1, keepdim=True))
+    unit, norms = _unit_rows(x / row_scale)
+    return unit, norms * row_scale
+
+
+def _power_of_two_at_least(magnitude: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= ``magnitude``, elementwise; 1 where it is 0 or NaN, inf where it is inf.
+
+    Dividing by a power of two is exact in floating point, so a rescaled computation gives bit-identical
+    results wherever the unscaled one neither overflows nor underflows. No host sync: all on-device.
+    """
+    # pow(2, .) rather than exp2: ONNX has Pow but no Exp2 (the exporter would fail to inline the head)
+    return torch.where(magnitude > 0, torch.pow(2.0, torch.ceil(torch.log2(magnitude))), torch.ones_like(magnitude))
 
 
 def _unit_distances(unit_x: torch.Tensor, unit_y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +132,7 @@ class _IsoMaxPlusLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, prototypes, distance_scale, temperature):
-        unit_features, feature_norms = _unit_rows(features)
+        unit_features, feature_norms = _unit_feature_rows(features)
         unit_prototypes, prototype_norms = _unit_rows(prototypes)
         squared, distances = _unit_distances(unit_features, unit_prototypes)
         ctx.save_for_backward(unit_features, unit_prototypes, feature_norms, prototype_norms, squared, distances,
@@ -176,7 +212,7 @@ class _PrototypeHead(nn.Module):
             f = features.float()
             p = self.prototypes.float()
             if self.normalize:
-                f = F.normalize(f, dim=1)
+                f = _unit_feature_rows(f)[0]
                 p = F.normalize(p, dim=1)
             return euclidean_distances(f, p, mode=self.distance_mode, unit_norm=self.normalize)
 
@@ -231,7 +267,7 @@ class IsoMaxPlusHead(_PrototypeHead):
                 if needs_grad or torch.compiler.is_compiling() or torch.jit.is_tracing():
                     return _IsoMaxPlusLogits.apply(features.float(), self.prototypes.float(), scale, temperature)
                 # inference: the prototypes' normalisation (C x D) is cached instead of redone per batch
-                _, distances = _unit_distances(_unit_rows(features.float())[0], self._unit_prototypes())
+                _, distances = _unit_distances(_unit_feature_rows(features.float())[0], self._unit_prototypes())
                 return distances * -(scale.abs() / temperature)
         distances = self.distances(features)
         return -self.distance_scale.float().abs() * distances / self.temperature

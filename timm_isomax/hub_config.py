@@ -117,11 +117,11 @@ def load_hub_config(path: Union[str, Path]) -> HubConfig:
     """Read and validate one hub config; every problem is a one-line ``ValueError`` naming the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise FileNotFoundError(f"{path} not found: pass a file from hub_configs/ (e.g. hub_configs/NAME.json).") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); fix the hub config JSON file.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({error}); fix the hub config JSON file.") from None
     config = _validate(data, str(path))
     config.path = path
     return config

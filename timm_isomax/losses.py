@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IsoMaxLoss", "IsoMaxPlusLoss"]
+__all__ = ["IsoMaxLoss", "IsoMaxPlusLoss", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(ValueError, FloatingPointError):
+    """The loss came out NaN or inf (a ``ValueError`` about the inputs, and a ``FloatingPointError``):
+    training loops catch it to stop cleanly, keeping their last good checkpoint."""
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -57,6 +62,29 @@ def _check_logits_and_targets(logits: torch.Tensor, targets: torch.Tensor) -> to
     )
 
 
+def _check_finite_loss(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """One-line ``ValueError`` for a NaN/inf loss: NaN or inf features, weights or targets upstream.
+
+    Checked on CPU tensors only, like the target range: on an accelerator the check would force a host
+    sync every step (fine-tuning checks the running loss every 20 steps instead). The loss is already
+    reduced (or (B,) values), so the check is one pass over it; the logits and targets are inspected only
+    to word the message, once the loss is known to be bad.
+    """
+    if loss.device.type != "cpu" or bool(torch.isfinite(loss).all()):
+        return
+    raise NonFiniteLossError(f"the loss is not finite: {_non_finite_cause(logits, targets)}; check the input data for NaN/inf, "
+                     f"lower the learning rate, or disable AMP.")
+
+
+def _non_finite_cause(logits: torch.Tensor, targets: torch.Tensor) -> str:
+    bad_rows = int((~torch.isfinite(logits.detach())).any(dim=1).sum())
+    if bad_rows:
+        return f"{bad_rows} of {logits.shape[0]} rows of logits contain NaN/inf, so the model's features or weights do"
+    if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        return "the soft targets contain NaN/inf"
+    return "the logits are finite but the loss overflowed (logits too large)"
+
+
 class IsoMaxLoss(nn.Module):
     """Entropic loss of IsoMax: ``cross_entropy(entropic_scale * logits, targets)``.
 
@@ -86,12 +114,14 @@ class IsoMaxLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = _check_logits_and_targets(logits, targets)
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             self.entropic_scale * logits.float(),
             targets,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
         )
+        _check_finite_loss(loss, logits, targets)
+        return loss
 
     def extra_repr(self) -> str:
         return f"entropic_scale={self.entropic_scale}, label_smoothing={self.label_smoothing}"

@@ -7,6 +7,7 @@ dozen container types. One wrapper therefore covers every architecture with one 
 a ``backbone.`` prefix on backbone parameter names, which this class hides from timm's tooling by
 re-rooting ``group_matcher`` and ``no_weight_decay``.
 """
+import math
 import re
 from typing import Any, Callable, Dict, Optional, Set, Union
 
@@ -16,16 +17,46 @@ from torch import nn
 from . import _timm_compat
 from .heads import IsoMaxHead, IsoMaxPlusHead
 
-__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "isomax_layer_names"]
+__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "isomax_layer_names", "ood_config_problem"]
 
 HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead}
 # The OOD score each head is designed for (the papers' choice).
 DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic"}
 
 BACKBONE_PREFIX = "backbone."
+OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on")
 
 # A '^' anchor: not escaped and not the negation inside a character class.
 _ANCHOR = re.compile(r"(?<![\\\[])\^")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def ood_config_problem(ood_config: Any) -> Optional[str]:
+    """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
+
+    ``score``: a name in :data:`timm_isomax.scores.SCORES`; ``threshold``: a finite number or None;
+    ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
+    """
+    from .scores import SCORES
+
+    if not isinstance(ood_config, dict):
+        return f"ood_config must be an object with keys {list(OOD_CONFIG_KEYS)}, got {type(ood_config).__name__}"
+    unknown = sorted(str(k) for k in set(ood_config) - set(OOD_CONFIG_KEYS))
+    if unknown:
+        return f"unknown ood_config keys {unknown}; allowed: {', '.join(OOD_CONFIG_KEYS)}"
+    score, threshold, tpr = ood_config.get("score"), ood_config.get("threshold"), ood_config.get("tpr")
+    if "score" in ood_config and not (isinstance(score, str) and score in SCORES):
+        return f"ood_config score must be one of {sorted(SCORES)}, got {score!r}"
+    if threshold is not None and not _is_number(threshold):
+        return f"ood_config threshold must be a finite number or null, got {threshold!r}"
+    if tpr is not None and not (_is_number(tpr) and 0 < tpr <= 1):
+        return f"ood_config tpr must be a number in (0, 1] or null, got {tpr!r}"
+    if ood_config.get("fitted_on") is not None and not isinstance(ood_config["fitted_on"], str):
+        return f"ood_config fitted_on must be a string or null, got {ood_config['fitted_on']!r}"
+    return None
 
 
 def isomax_layer_names(first_conv: _timm_compat.LayerNames) -> Dict[str, Any]:
@@ -106,13 +137,19 @@ class IsoMaxClassifier(nn.Module):
         self.pretrained_cfg: Dict[str, Any] = {}
         self.default_cfg = self.pretrained_cfg
         self.ood_config: Dict[str, Any] = dict(score=DEFAULT_OOD_SCORES[head_type], threshold=None)
+        if ood_config is not None and not isinstance(ood_config, dict):
+            raise ValueError(f"ood_config must be a dict with keys {list(OOD_CONFIG_KEYS)} or None, got "
+                             f"{type(ood_config).__name__}.")
         self.update_ood_config(**(ood_config or {}))
 
     def update_ood_config(self, **values: Any) -> Dict[str, Any]:
-        """Update ``ood_config`` (e.g. a fitted threshold) and record it for saving; returns it."""
-        unknown = set(values) - {"score", "threshold", "tpr", "fitted_on"}
-        if unknown:
-            raise ValueError(f"unknown ood_config keys {sorted(unknown)}; allowed: score, threshold, tpr, fitted_on.")
+        """Update ``ood_config`` (e.g. a fitted threshold) and record it for saving; returns it.
+
+        Raises a one-line ``ValueError`` for unknown keys or wrong values (see :func:`ood_config_problem`).
+        """
+        problem = ood_config_problem(values)
+        if problem:
+            raise ValueError(f"{problem}.")
         self.ood_config.update(values)
         _timm_compat.record_model_arg(self, "ood_config", dict(self.ood_config))
         return self.ood_config

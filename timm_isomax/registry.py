@@ -32,7 +32,7 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .hub import IMPORT_HINT
+from .hub import IMPORT_HINT, check_model_folder
 from .hub_config import HubConfig, packaged_hub_configs
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
@@ -207,14 +207,26 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
     source, model_id = timm.models.parse_model_name(model_name)
     if source is None and not timm.is_model(timm.models.get_arch_name(model_id)):
         raise ValueError(f"unknown model {model_name!r}. {closest_models_hint(model_id)}")
+    if source == "local-dir":
+        # untrusted files: validated before timm parses them (timm's parser fails with KeyError/TypeError)
+        check_model_folder(model_id, in_chans=kwargs.get("in_chans"))
     try:
         return timm.create_model(model_name, **kwargs)
-    except RuntimeError as error:
-        # an hf-hub:/local-dir: config naming an architecture timm does not know (yet)
-        if not str(error).startswith("Unknown model"):
+    except (RuntimeError, TypeError, AssertionError, KeyError, AttributeError, IndexError) as error:
+        if source is None and not isinstance(error, RuntimeError):
+            raise  # the caller's own arguments: Python's usual errors
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if str(error).startswith("Unknown model"):
+            # an hf-hub:/local-dir: config naming an architecture timm does not know (yet)
+            raise ValueError(f"{first_line} (from {model_name!r}): {IMPORT_HINT}; an architecture registered after "
+                             f"that import needs timm_isomax.register_isomax_variants('<base arch>').") from None
+        if source is None:
             raise
-        raise ValueError(f"{error} (from {model_name!r}): {IMPORT_HINT}; an architecture registered after that "
-                         f"import needs timm_isomax.register_isomax_variants('<base arch>').") from None
+        # e.g. torch's multi-line "Error(s) in loading state_dict" (weights of another architecture), or a
+        # timm model class refusing saved arguments
+        raise ValueError(f"could not load {model_name!r} ({type(error).__name__}: {first_line}); check that "
+                         f"config.json's 'architecture' and 'model_args' describe the saved weights, or re-export the "
+                         f"model.") from error
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -233,6 +245,12 @@ def _create_isomax_model(
     **kwargs: Any,
 ) -> torch.nn.Module:
     base_arch, head_type = _VARIANTS[variant]
+    if isinstance(pretrained_cfg, dict) and pretrained_cfg.get("source") == "local-dir":
+        # timm.create_model("local-dir:...") comes here unchecked; saved in_chans are merged into kwargs,
+        # so only another value is the caller's explicit request
+        requested_chans = kwargs.get("in_chans")
+        explicit_chans = requested_chans if requested_chans != (kwargs.get("pretrained_model_args") or {}).get("in_chans") else None
+        check_model_folder(pretrained_cfg["file"], in_chans=explicit_chans)
     # arguments of the wrapper rather than of the backbone
     wrapper_kwargs = dict(head_type=head_type, distance_mode=distance_mode, ood_config=ood_config)
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
@@ -258,8 +276,8 @@ def _create_isomax_model(
         if pretrained:
             model = _from_softmax_weights(base_arch, num_classes, cfg.num_classes, wrapper_kwargs, **base_source, **kwargs)
         else:
-            backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **base_source, **kwargs)
-            model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
+            model = _build_from_saved_args(base_arch, num_classes, wrapper_kwargs, kwargs.get("pretrained_model_args"),
+                                           dict(kwargs, **base_source))
     else:
         model = _load_saved_weights(variant, cfg, wrapper_kwargs, cache_dir, kwargs)
         if features_only:
@@ -304,12 +322,15 @@ def _load_saved_weights(variant: str, cfg: PretrainedCfg, wrapper_kwargs: Dict[s
     """
     base_arch = _VARIANTS[variant][0]
     num_classes = _resolve_num_classes(variant, kwargs.pop("num_classes", None), cfg)
-    backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **kwargs)
-    model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
+    saved_args = kwargs.get("pretrained_model_args") or {}
+    model = _build_from_saved_args(base_arch, num_classes, wrapper_kwargs, saved_args, kwargs)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
+    # the class counts the weights' own config declares: asking for one of them is no request for a new head
+    declared_classes = {c for c in (cfg.num_classes, saved_args.get("num_classes")) if c is not None}
     try:
         load_pretrained(model, pretrained_cfg=cfg.to_dict(), num_classes=num_classes,
-                        in_chans=kwargs.get("in_chans", 3), filter_fn=_isomax_checkpoint_filter,
+                        in_chans=kwargs.get("in_chans", 3),
+                        filter_fn=functools.partial(_isomax_checkpoint_filter, declared_classes=declared_classes),
                         strict=True, cache_dir=cache_dir)
     except _SoftMaxStateDict as softmax:
         backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=softmax.state_dict)
@@ -317,6 +338,21 @@ def _load_saved_weights(variant: str, cfg: PretrainedCfg, wrapper_kwargs: Dict[s
         model = _from_softmax_weights(base_arch, num_classes, source_classes, wrapper_kwargs,
                                       pretrained_cfg=backbone_cfg, **kwargs)
     return model
+
+
+def _build_from_saved_args(base_arch: str, num_classes: int, wrapper_kwargs: Dict[str, Any],
+                           saved_args: Optional[Dict[str, Any]], kwargs: Dict[str, Any]) -> IsoMaxClassifier:
+    """The IsoMax model to load saved weights into. Arguments that come from a saved config.json
+    (``saved_args``) are untrusted: a build failure caused by them is a one-line ``ValueError``."""
+    try:
+        backbone = timm.create_model(base_arch, pretrained=False, num_classes=0, **kwargs)
+        return IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
+    except Exception as error:  # timm model classes raise TypeError, AssertionError, ... for bad arguments
+        if not saved_args:
+            raise
+        reason = (str(error).splitlines() or [""])[0]
+        raise ValueError(f"cannot build {base_arch} from the saved model_args {sorted(saved_args)} "
+                         f"({type(error).__name__}: {reason}); fix model_args in config.json or re-export the model.") from error
 
 
 def _softmax_class_count(state_dict: Dict[str, torch.Tensor], cfg: PretrainedCfg) -> Optional[int]:
@@ -338,15 +374,26 @@ def _from_softmax_weights(base_arch: str, num_classes: int, source_classes: Opti
     return model
 
 
-def _isomax_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: IsoMaxClassifier):
-    """Check a checkpoint against an IsoMax model key by key; drop the head if its class count differs."""
+def _isomax_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: IsoMaxClassifier,
+                              declared_classes: Set[int] = frozenset()):
+    """Check a checkpoint against an IsoMax model key by key; drop the head if the caller asked for another
+    class count. ``declared_classes``: the counts the checkpoint's own config declares; a model built with
+    one of them whose checkpoint holds another count has a damaged config, and is refused rather than
+    given a silently re-initialised head."""
     if not any(k.startswith(BACKBONE_PREFIX) or k.startswith("head.") for k in state_dict):
         raise _SoftMaxStateDict(state_dict)
     state_dict = dict(state_dict)
     expected = model.state_dict()
     prototypes = state_dict.get("head.prototypes")
+    if prototypes is not None and prototypes.shape[0] != model.num_classes and model.num_classes in declared_classes:
+        raise ValueError(f"the checkpoint's config declares {model.num_classes} classes but its head holds "
+                         f"{prototypes.shape[0]} prototypes; fix num_classes in its config.json, or pass "
+                         f"num_classes={prototypes.shape[0]}.")
     if prototypes is not None and prototypes.shape[0] != model.num_classes:
-        # Different class count: keep the backbone, start a fresh head (timm's num_classes semantics).
+        # Another class count asked for: keep the backbone, start a fresh head (timm's num_classes
+        # semantics), and say so on the model.
+        model.conversion = ConversionReport("fresh", f"fresh head: {model.num_classes} classes asked, the "
+                                                     f"checkpoint has {prototypes.shape[0]}")
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
         expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
     missing = [k for k in expected if k not in state_dict]

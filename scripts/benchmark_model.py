@@ -7,13 +7,12 @@ training-step time, interleaved in one process, with the ratio (IsoMax+ / SoftMa
     python scripts/benchmark_model.py --device cuda --amp
 """
 import argparse
-import statistics
 
 import timm
 import torch
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from benchmark_head import time_call
+from timm_isomax.engine import interleaved_medians
 
 
 def main(argv=None) -> int:
@@ -50,14 +49,9 @@ def main(argv=None) -> int:
         loss.backward()
         optimizers[name].step()
 
-    times = {(name, kind): [] for name in models for kind in ("infer", "train")}
-    for round_index in range(args.rounds + 1):  # one warm-up round
-        for name in models:
-            for kind, fn in (("infer", infer), ("train", train_step)):
-                elapsed = time_call(lambda: fn(name), device)
-                if round_index:
-                    times[(name, kind)].append(elapsed)
-    medians = {key: statistics.median(values) for key, values in times.items()}
+    calls = {(name, kind): (lambda fn=fn, name=name: fn(name))
+             for name in models for kind, fn in (("infer", infer), ("train", train_step))}
+    medians = interleaved_medians(calls, args.rounds, device=device)
     print(f"{args.arch}, batch {args.batch_size}, {args.img_size} px, {args.num_classes} classes, device {device}, "
           f"amp {args.amp}, {torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds")
     base = args.arch

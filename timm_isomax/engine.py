@@ -1,10 +1,16 @@
-"""Minimal training and inference loops shared by the demo, experiments and tests."""
-from typing import Callable, Optional, Tuple
+"""Minimal training and inference loops, and side-by-side timing, shared by the demo, experiments,
+benchmarks and tests."""
+import statistics
+import time
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["train_epoch", "predict", "amp_dtype"]
+__all__ = ["train_epoch", "predict", "amp_dtype", "time_call", "interleaved_medians"]
+
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 def train_epoch(
@@ -14,13 +20,17 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
     device: torch.device = torch.device("cpu"),
+    augment: Optional[Augment] = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean loss (one host sync, at the end)."""
+    """One pass over ``loader``; returns the mean loss (one host sync, at the end). ``augment`` maps a batch
+    of images on ``device`` to an augmented batch (for in-memory tensor datasets)."""
     model.train()
     total = torch.zeros((), device=device)
     steps = 0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
         loss = loss_fn(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -50,3 +60,38 @@ def predict(
             all_logits.append(model(images.to(device, non_blocking=True)).float().cpu())
         all_labels.append(torch.as_tensor(labels))
     return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
+    """Seconds one call of ``fn`` takes, with the device's queued work finished before and after."""
+    _synchronize(device)
+    start = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(calls: Mapping[str, Callable[[], object]], rounds: int, warmup_rounds: int = 1,
+                        device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Median seconds per call of each of ``calls``, run in turn within each round.
+
+    Interleaving makes the ratios between the calls hold on a busy or throttling machine: a slow period
+    slows every contender of that round alike. The warm-up rounds (allocator, caches, autotuning) are
+    not counted.
+
+    Example:
+        >>> medians = interleaved_medians({"linear": lambda: linear(x), "isomax+": lambda: head(x)}, rounds=7)
+        >>> medians["isomax+"] / medians["linear"]
+    """
+    times = {name: [] for name in calls}
+    for round_index in range(warmup_rounds + rounds):
+        for name, fn in calls.items():
+            elapsed = time_call(fn, device)
+            if round_index >= warmup_rounds:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}

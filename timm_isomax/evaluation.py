@@ -10,6 +10,7 @@ Example:
     >>> results = evaluate_models(["local-dir:out/resnet10t_isomaxplus"], id_set, ood_sets)
     >>> print(format_table(results, id_set, ood_sets))
 """
+import copy
 import csv
 import json
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "compute_logits",
     "evaluate_model",
     "evaluate_models",
+    "evaluate_conversion",
     "result_rows",
     "format_table",
     "results_dict",
@@ -238,6 +240,27 @@ def evaluate_models(model_names: Sequence[str], id_set: EvalSet, ood_sets: Seque
         model = load_model(model_name, pretrained)
         results.append(evaluate_model(model, id_set, ood_sets, score_names, name=display, source=model_name, **kwargs))
     return results
+
+
+def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet], name: str,
+                        **kwargs: Any) -> Tuple[ModelEvaluation, ModelEvaluation, nn.Module]:
+    """Evaluate a SoftMax model, convert a copy of it to IsoMax+ with no training
+    (:func:`timm_isomax.convert_softmax_model`) and evaluate that on the same data.
+
+    Returns the two evaluations (named ``"<name> (SoftMax)"`` and ``"<name>_isomaxplus (zero-shot)"``) and the
+    converted model (its ``conversion`` report says how the prototypes were made).
+
+    Example:
+        >>> source, converted, model = evaluate_conversion(load_softmax_model("resnet50.a1_in1k"), id_set, [ood])
+        >>> converted.accuracy - source.accuracy
+    """
+    from .conversion import convert_softmax_model
+
+    softmax.eval()
+    source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **kwargs)
+    converted_model = convert_softmax_model(copy.deepcopy(softmax)).eval()
+    converted = evaluate_model(converted_model, id_set, ood_sets, name=f"{name}_isomaxplus (zero-shot)", **kwargs)
+    return source, converted, converted_model
 
 
 def result_rows(evaluations: Sequence[ModelEvaluation]) -> List[Dict[str, Any]]:

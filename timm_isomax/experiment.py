@@ -6,6 +6,7 @@ The comparison the papers make: the same architecture, data, recipe and seed, tr
 * ``isomax``: IsoMax head + entropic loss, scored with the negative entropy;
 * ``isomaxplus``: IsoMax+ head + entropic loss, scored with the minimum distance score.
 """
+import functools
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
@@ -14,12 +15,13 @@ import timm
 import torch
 from torch import nn
 
-from .engine import predict, train_epoch
+from .engine import interleaved_medians, predict, train_epoch
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
-from .metrics import auroc
+from .metrics import ood_metrics
 from .scores import get_score
 
-__all__ = ["Recipe", "HeadKind", "HEAD_KINDS", "train_classifier", "evaluate", "compare_heads"]
+__all__ = ["Recipe", "HeadKind", "HEAD_KINDS", "train_classifier", "evaluate", "compare_heads", "inference_throughput",
+           "random_crop_flip", "Protocol", "build_protocol"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,11 @@ HEAD_KINDS: Dict[str, HeadKind] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """One training recipe for every head: SGD with Nesterov momentum and a one-cycle schedule."""
+    """One training recipe for every head: SGD with Nesterov momentum and a one-cycle schedule.
+
+    ``crop_padding`` > 0: random crops of the zero-padded image (zero is mid-grey after [-1, 1]
+    normalisation); ``hflip``: random horizontal flips. Both act on in-memory batches, seeded by ``seed``.
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -48,6 +54,29 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    crop_padding: int = 0
+    hflip: bool = False
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the ``padding``-padded batch back to its size, and random horizontal flips.
+
+    Vectorised over the batch (one gather), so it costs little next to a training step; the offsets come
+    from ``generator`` (CPU), which makes augmented training reproducible.
+    """
+    batch, _, height, width = images.shape
+    if padding > 0:
+        padded = nn.functional.pad(images, (padding,) * 4)
+        top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
+        left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
+        rows = (top[:, None] + torch.arange(height, device=images.device))[:, :, None]  # B, H, 1
+        cols = (left[:, None] + torch.arange(width, device=images.device))[:, None, :]  # B, 1, W
+        index = torch.arange(batch, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2)  # gather -> B, H, W, C -> B, C, H, W
+    if hflip:
+        flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)[:, None, None, None]
+        images = torch.where(flip, images.flip(3), images)
+    return images.contiguous()
 
 
 def train_classifier(model: nn.Module, train_set: torch.utils.data.Dataset, loss_fn: nn.Module, recipe: Recipe,
@@ -59,35 +88,62 @@ def train_classifier(model: nn.Module, train_set: torch.utils.data.Dataset, loss
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * len(loader))
-    return [train_epoch(model, loader, loss_fn, optimizer, scheduler, device) for _ in range(recipe.epochs)]
+    augment = None
+    if recipe.crop_padding > 0 or recipe.hflip:
+        augment_generator = torch.Generator().manual_seed(recipe.seed + 1)
+        augment = functools.partial(random_crop_flip, padding=recipe.crop_padding, hflip=recipe.hflip,
+                                    generator=augment_generator)
+    return [train_epoch(model, loader, loss_fn, optimizer, scheduler, device, augment) for _ in range(recipe.epochs)]
 
 
 def evaluate(model: nn.Module, id_test: torch.utils.data.Dataset, ood_sets: Mapping[str, torch.utils.data.Dataset],
              score_names: Sequence[str], batch_size: int = 256, device: torch.device = torch.device("cpu")) -> Dict:
-    """Top-1 accuracy on ``id_test`` and, per score and OOD set, AUROC (ID positive)."""
+    """Top-1 accuracy on ``id_test`` and, per score and OOD set, every metric of :func:`~.metrics.ood_metrics`
+    (ID positive): ``result["metrics"][score][ood_name]["auroc"]``."""
     def logits_of(dataset):
         return predict(model, torch.utils.data.DataLoader(dataset, batch_size=batch_size), device)
 
     id_logits, id_labels = logits_of(id_test)
     ood_logits = {name: logits_of(dataset)[0] for name, dataset in ood_sets.items()}
-    result = {"accuracy": (id_logits.argmax(dim=1) == id_labels).double().mean().item(), "auroc": {}}
+    result = {"accuracy": (id_logits.argmax(dim=1) == id_labels).double().mean().item(), "metrics": {}}
     for score_name in score_names:
         score = get_score(score_name)
-        result["auroc"][score_name] = {name: auroc(score(id_logits), score(logits)) for name, logits in ood_logits.items()}
+        id_scores = score(id_logits)
+        result["metrics"][score_name] = {name: ood_metrics(id_scores, score(logits)) for name, logits in ood_logits.items()}
     return result
+
+
+def inference_throughput(models: Mapping[str, nn.Module], images: torch.Tensor, rounds: int = 5,
+                         device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Images per second of each model's eval-mode forward on the batch ``images``, timed interleaved."""
+    images = images.to(device)
+    for model in models.values():
+        model.eval()
+
+    def forward(model):
+        with torch.no_grad():
+            model(images)
+
+    medians = interleaved_medians({name: functools.partial(forward, model) for name, model in models.items()},
+                                  rounds, device=device)
+    return {name: len(images) / seconds for name, seconds in medians.items()}
 
 
 def compare_heads(arch: str, num_classes: int, train_set: torch.utils.data.Dataset, id_test: torch.utils.data.Dataset,
                   ood_sets: Mapping[str, torch.utils.data.Dataset], recipe: Recipe = Recipe(),
                   heads: Sequence[str] = ("softmax", "isomaxplus"), device: torch.device = torch.device("cpu"),
-                  **model_kwargs) -> List[Dict]:
+                  throughput_rounds: int = 0, **model_kwargs) -> List[Dict]:
     """Train ``arch`` once per head kind with the same recipe and seed; one result dict per head.
+
+    With ``throughput_rounds`` > 0, the trained models' inference throughput (img/s, a batch of 256 ID test
+    images) is measured side by side afterwards: ``row["throughput"]``.
 
     Example:
         >>> rows = compare_heads("resnet10t", 5, train_set, id_test, {"held-out digits": ood_set},
         ...                      Recipe(epochs=5), in_chans=1)
+        >>> rows[1]["metrics"]["mds"]["held-out digits"]["auroc"]
     """
-    rows = []
+    rows, models = [], {}
     for head in heads:
         kind = HEAD_KINDS[head]
         torch.manual_seed(recipe.seed)
@@ -98,6 +154,12 @@ def compare_heads(arch: str, num_classes: int, train_set: torch.utils.data.Datas
         result = evaluate(model, id_test, ood_sets, kind.scores, device=device)
         rows.append(dict(head=head, arch=arch + kind.suffix, final_loss=losses[-1], train_seconds=train_seconds,
                          recipe=asdict(recipe), **result))
+        models[head] = model
+    if throughput_rounds > 0:
+        batch = torch.stack([id_test[i][0] for i in range(min(256, len(id_test)))])
+        rates = inference_throughput(models, batch, throughput_rounds, device)
+        for row in rows:
+            row["throughput"] = rates[row["head"]]
     return rows
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from .metrics import TPR_LEVEL, as_score_array, ood_metrics, roc_curve
 from .ood import fit_threshold
 
-__all__ = ["ScorePanel", "plot_score_histograms", "plot_roc_curves", "save_plots"]
+__all__ = ["ScorePanel", "plot_score_histograms", "plot_roc_curves", "save_plots", "plot_benchmark"]
 
 ID_COLOR, OOD_COLOR = "tab:blue", "tab:orange"
 # A ROC curve has one point per distinct score; more than this many are thinned for drawing only.
@@ -118,3 +118,30 @@ def save_plots(evaluations: Sequence, id_name: str, ood_names: Sequence[str], ou
         paths.append(plot_score_histograms(panels, id_name, ood, Path(output) / f"hist_{_slug(ood)}.png"))
         paths.append(plot_roc_curves(panels, id_name, ood, Path(output) / f"roc_{_slug(ood)}.png"))
     return paths
+
+
+def plot_benchmark(summary: Sequence[dict], path: Union[str, Path]) -> Path:
+    """Grouped bars of AUROC (mean over seeds, error bar = standard deviation), one group per protocol and
+    OOD set, one bar per model and score, ID accuracy in the legend; ``summary`` from
+    :func:`timm_isomax.benchmark.summarize`. Returns the PNG path."""
+    groups = list(dict.fromkeys((e["protocol"], ood) for e in summary for ood in e["ood_datasets"]))
+    labels = list(dict.fromkeys(e["label"] for e in summary))
+    width = 0.8 / len(labels)
+    figure = _figure(max(7.0, 1.6 * len(groups) + 3.0), 4.8)
+    ax = figure.subplots()
+    for index, label in enumerate(labels):
+        entries = {e["protocol"]: e for e in summary if e["label"] == label}
+        x = [g for g, (protocol, _) in enumerate(groups) if protocol in entries]
+        stats = [entries[protocol]["metrics"][ood]["auroc"] for protocol, ood in groups if protocol in entries]
+        accuracies = ", ".join(f"{100 * e['accuracy']['mean']:.1f}" for e in entries.values())
+        ax.bar(np.asarray(x) + (index - (len(labels) - 1) / 2) * width, [100 * s["mean"] for s in stats], width,
+               yerr=[100 * s["std"] for s in stats], capsize=2, label=f"{label} (ID acc % {accuracies})")
+    lowest = min(100 * (e["metrics"][ood]["auroc"]["mean"] - e["metrics"][ood]["auroc"]["std"])
+                 for e in summary for ood in e["ood_datasets"])
+    ax.set_ylim(max(0.0, 5 * math.floor(lowest / 5) - 5), 100.5)
+    ax.set_xticks(range(len(groups)), [f"{protocol}\nvs {ood}" for protocol, ood in groups])
+    ax.set_ylabel("AUROC % (ID positive), mean ± std over seeds")
+    ax.set_title("OOD detection: same backbone, recipe and seeds; SoftMax scores vs IsoMax and IsoMax+")
+    ax.grid(axis="y", alpha=0.3)
+    figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
+    return _save(figure, path)

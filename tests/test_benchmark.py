@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 import timm_isomax  # noqa: F401
 from timm_isomax import benchmark
 from timm_isomax.benchmark import load_protocol, markdown_table, run_protocol, smoke_version, summarize
-from timm_isomax.experiment import random_crop_flip
+from timm_isomax.experiment import Recipe, _parameter_groups, random_crop_flip
 from timm_isomax.metrics import METRIC_NAMES
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "benchmarks" / "protocols"
@@ -83,7 +84,7 @@ def test_summarize_takes_mean_and_sample_std_over_seeds():
     assert mds["throughput_ratio"]["mean"] == pytest.approx(0.99)
     assert mds["seconds"] == 180.0
     table = markdown_table(summary)
-    assert "| IsoMax+, MDS | **92.00 ± 2.00** | **90.00 ± 10.00** |" in table and "0.99x" in table
+    assert "| IsoMax+, MDS | **92.00 ± 2.00** | **90.00 ± 10.00** |" in table and "| 99 (0.99x) |" in table
 
 
 def test_protocol_files_load_and_shrink():
@@ -141,3 +142,13 @@ def test_random_crop_flip_takes_windows_of_the_padded_image():
             seen_offsets.add(matches[0][:2])
             seen_flips.add(matches[0][2])
     assert len(seen_offsets) > 10 and seen_flips == {False, True}
+
+
+def test_head_weight_decay_applies_to_the_isomax_head_only():
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=3)
+    backbone, head = _parameter_groups(model, Recipe(head_weight_decay=0.0))
+    assert {id(p) for p in head["params"]} == {id(model.head.prototypes), id(model.head.distance_scale)}
+    assert head["weight_decay"] == 0.0 and "weight_decay" not in backbone
+    assert len(backbone["params"]) + 2 == len(list(model.parameters()))
+    assert len(_parameter_groups(model, Recipe())) == 1
+    assert len(_parameter_groups(timm.create_model("resnet10t", num_classes=3), Recipe(head_weight_decay=0.0))) == 1

@@ -74,6 +74,8 @@ class BenchmarkProtocol:
         """The definition a run is made under: everything but the seeds (a run is one seed) and ``smoke``."""
         data = dataclasses.asdict(self)
         data["recipe"].pop("seed")
+        # unset optional recipe fields are left out: runs saved before such a field existed stay valid
+        data["recipe"] = {key: value for key, value in data["recipe"].items() if value is not None}
         for key in ("seeds", "smoke"):
             data.pop(key)
         return data
@@ -214,8 +216,9 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
 def summarize(runs: Sequence[Dict]) -> List[Dict]:
     """Mean and sample standard deviation over seeds, per protocol and (head, score).
 
-    Each entry: ``protocol``, ``head``, ``score``, ``label``, ``seeds``, ``accuracy``, ``throughput_ratio``
-    (img/s over the SoftMax model's, measured side by side in each seed's run), ``metrics[ood][metric]``,
+    Each entry: ``protocol``, ``head``, ``score``, ``label``, ``seeds``, ``accuracy``, ``throughput``
+    (inference img/s), ``throughput_ratio`` (over the SoftMax model's, measured side by side in each seed's
+    run), ``metrics[ood][metric]``,
     plus the protocol's hardware and total seconds. Every statistic is ``{"mean", "std", "n"}``.
     """
     by_protocol: Dict[str, List[Dict]] = {}
@@ -238,6 +241,7 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     ood_datasets=first["ood_datasets"], recipe=first["protocol"]["recipe"],
                     hardware=first["hardware"], seconds=sum(run["seconds"] for run in protocol_runs),
                     accuracy=_mean_std([row["accuracy"] for row in rows]),
+                    throughput=_mean_std([row["throughput"] for row in rows]) if ratios else None,
                     throughput_ratio=_mean_std(ratios) if ratios else None,
                     metrics={ood: {metric: _mean_std([row["metrics"][score][ood][metric] for row in rows])
                                    for metric in METRIC_NAMES}
@@ -248,10 +252,6 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
 def _percent(stat: Dict[str, float], best: bool = False) -> str:
     text = f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
     return f"**{text}**" if best else text
-
-
-def _best_by_mean(entries: Sequence[Dict], value: Callable[[Dict], float]) -> float:
-    return max(value(entry) for entry in entries)
 
 
 def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc", "tnr_at_95_tpr"),
@@ -265,16 +265,17 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc", "
         entries = [entry for entry in summary if entry["protocol"] == name]
         oods = entries[0]["ood_datasets"]
         columns = [(ood, metric) for ood in oods for metric in metrics]
-        header = ["model, score", "ID acc %"] + [f"{_METRIC_HEADERS[m]} {ood} %" for ood, m in columns] + ["img/s vs SoftMax"]
+        header = (["model, score", "ID acc %"] + [f"{_METRIC_HEADERS[m]} {ood} %" for ood, m in columns]
+                  + ["inference img/s (x SoftMax)"])
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        best_accuracy = _best_by_mean(entries, lambda e: e["accuracy"]["mean"])
-        best = {column: _best_by_mean(entries, lambda e, c=column: e["metrics"][c[0]][c[1]]["mean"]) for column in columns}
+        best_accuracy = max(e["accuracy"]["mean"] for e in entries)
+        best = {(ood, m): max(e["metrics"][ood][m]["mean"] for e in entries) for ood, m in columns}
         for entry in entries:
             ratio = entry["throughput_ratio"]
             cells = [entry["label"], _percent(entry["accuracy"], entry["accuracy"]["mean"] == best_accuracy)]
             cells += [_percent(entry["metrics"][ood][m], entry["metrics"][ood][m]["mean"] == best[(ood, m)])
                       for ood, m in columns]
-            cells.append(f"{ratio['mean']:.2f}x" if ratio else "")
+            cells.append(f"{entry['throughput']['mean']:.0f} ({ratio['mean']:.2f}x)" if ratio else "")
             lines.append("| " + " | ".join(cells) + " |")
         first = entries[0]
         recipe = first["recipe"]

@@ -9,7 +9,7 @@ The comparison the papers make: the same architecture, data, recipe and seed, tr
 import functools
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from .engine import interleaved_medians, predict, train_epoch
 from .losses import IsoMaxLoss, IsoMaxPlusLoss
 from .metrics import ood_metrics
+from .model import IsoMaxClassifier
 from .scores import get_score
 
 __all__ = ["Recipe", "HeadKind", "HEAD_KINDS", "train_classifier", "evaluate", "compare_heads", "inference_throughput",
@@ -46,6 +47,8 @@ class Recipe:
 
     ``crop_padding`` > 0: random crops of the zero-padded image (zero is mid-grey after [-1, 1]
     normalisation); ``hflip``: random horizontal flips. Both act on in-memory batches, seeded by ``seed``.
+    ``head_weight_decay``: the weight decay of the IsoMax heads' parameters (prototypes, distance scale)
+    where it should differ from ``weight_decay`` (an ablation; None: the same).
     """
 
     epochs: int = 10
@@ -56,6 +59,7 @@ class Recipe:
     seed: int = 0
     crop_padding: int = 0
     hflip: bool = False
+    head_weight_decay: Optional[float] = None
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -79,14 +83,23 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator:
     return images.contiguous()
 
 
+def _parameter_groups(model: nn.Module, recipe: Recipe) -> List[Dict]:
+    if recipe.head_weight_decay is None or not isinstance(model, IsoMaxClassifier):
+        return [{"params": list(model.parameters())}]
+    head = list(model.head.parameters())
+    head_ids = {id(p) for p in head}
+    return [{"params": [p for p in model.parameters() if id(p) not in head_ids]},
+            {"params": head, "weight_decay": recipe.head_weight_decay}]
+
+
 def train_classifier(model: nn.Module, train_set: torch.utils.data.Dataset, loss_fn: nn.Module, recipe: Recipe,
                      device: torch.device = torch.device("cpu")) -> List[float]:
     """Train ``model`` in place; returns the mean loss of each epoch."""
     generator = torch.Generator().manual_seed(recipe.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
                                          generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(_parameter_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=True, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * len(loader))
     augment = None
     if recipe.crop_padding > 0 or recipe.hflip:
@@ -154,6 +167,8 @@ def compare_heads(arch: str, num_classes: int, train_set: torch.utils.data.Datas
         result = evaluate(model, id_test, ood_sets, kind.scores, device=device)
         rows.append(dict(head=head, arch=arch + kind.suffix, final_loss=losses[-1], train_seconds=train_seconds,
                          recipe=asdict(recipe), **result))
+        if hasattr(getattr(model, "head", None), "distance_scale"):  # IsoMax+: the learned |s|, a diagnostic
+            rows[-1]["distance_scale"] = model.head.distance_scale.abs().item()
         models[head] = model
     if throughput_rounds > 0:
         batch = torch.stack([id_test[i][0] for i in range(min(256, len(id_test)))])

@@ -47,6 +47,7 @@ import timm.scheduler
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm  # imported here, not in the epoch: its first import would be timed as training
 
 from .conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
 from .data import (check_labels, dataset_for_model, drop_undecodable_images, find_columns, load_image_dataset,
@@ -201,16 +202,25 @@ class _PerImageSeeds(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**63
+        if torch.utils.data.get_worker_info() is not None:
+            # a loader worker: nothing else draws from its generators, so no state to keep (saving and
+            # restoring numpy's costs ~60 us per image, more than the seeding, on cores the model needs)
+            self._seed(image_seed)
+            return self.dataset[index]
         saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
-        random.seed(image_seed)
-        np.random.seed(image_seed % 2**32)
-        torch.default_generator.manual_seed(image_seed)  # not torch.manual_seed: that would reseed CUDA too
+        self._seed(image_seed)
         try:
             return self.dataset[index]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.default_generator.set_state(saved[2])
+
+    @staticmethod
+    def _seed(image_seed: int) -> None:
+        random.seed(image_seed)
+        np.random.seed(image_seed % 2**32)
+        torch.default_generator.manual_seed(image_seed)  # not torch.manual_seed: that would reseed CUDA too
 
 
 class _SkipFirst(torch.utils.data.Sampler):
@@ -646,8 +656,6 @@ def _train_epoch(train_model, model, loader, loss_fn, optimizer, scheduler, scal
     """Train the rest of one epoch (``progress`` says where it starts and is advanced); returns the epoch's
     mean loss. Every ``cfg.checkpoint_every`` steps, and when a stop is requested, the loss is checked and
     ``save_mid_epoch(epoch, global_step, steps, loss_sum)`` writes a checkpoint."""
-    from tqdm.auto import tqdm
-
     train_model.train()
     if head_only:
         model.backbone.eval()  # frozen backbone: its batch-norm statistics stay as loaded

@@ -8,11 +8,11 @@ silently re-initialised).
 Cases run (hypothesis examples, counted by ``CASES`` in one run of this file; printed with ``-s``):
     hub config (load_hub_config / _validate):         600  (3 tests x 200)
     model folder config.json (timm_isomax.create_model
-        and timm.create_model "local-dir:"):           450  (3 tests x 150)
+        and timm.create_model "local-dir:"):           456  (3 tests, about 150 each)
     resume checkpoint (finetune._read_resume_state):   150
     datasets (find_columns, select_classes,
         check_labels, load_image_dataset):             400  (2 tests x 200)
-    total:                                            1600
+    total:                                            1606
 """
 import collections
 import copy

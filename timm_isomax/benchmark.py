@@ -201,8 +201,9 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
 
 
 def load_runs(folder: Union[str, Path]) -> List[Dict]:
-    """Every ``seed*.json`` run under ``folder`` (one protocol's folder, or the output folder of several)."""
-    paths = sorted(Path(folder).rglob("seed*.json"))
+    """Every ``seed*.json`` run in ``folder`` (one protocol's folder) or in its subfolders (an output folder
+    of several protocols); deeper folders (e.g. ``ablations/<protocol>/``) are other outputs."""
+    paths = sorted([*Path(folder).glob("seed*.json"), *Path(folder).glob("*/seed*.json")])
     if not paths:
         raise FileNotFoundError(f"no benchmark runs (seed*.json) under {folder}; run scripts/benchmark_ood.py first.")
     return [json.loads(path.read_text()) for path in paths]

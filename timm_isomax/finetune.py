@@ -573,7 +573,8 @@ def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
     try:
         with stop:
             for epoch in range(start_epoch, cfg.epochs):
-                _seed_everything(cfg.seed * 1000 + epoch)
+                epoch_seed = cfg.seed * 1000 + epoch  # every random stream of the epoch starts from it
+                _seed_everything(epoch_seed)
                 skip_steps = start_step if epoch == start_epoch else 0
                 if skip_steps:  # the generators as they were when the mid-epoch checkpoint was written
                     _set_rng_states(resume_state["rng"])
@@ -585,10 +586,11 @@ def _run(cfg: FinetuneConfig, runtime: _Runtime, output: Path) -> Path:
                                                                        runtime.device.type == "cuda" else None)
                                    if runtime.world_size > 1 else model)
                 train_set.epoch = epoch
-                generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                generator = torch.Generator().manual_seed(epoch_seed)
                 if sampler:
                     sampler.set_epoch(epoch)
-                epoch_sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(train_set, generator=generator)
+                epoch_sampler = (sampler if sampler is not None
+                                 else torch.utils.data.RandomSampler(train_set, generator=generator))
                 if skip_steps:
                     epoch_sampler = _SkipFirst(epoch_sampler, skip_steps * cfg.batch_size)
                 loader = torch.utils.data.DataLoader(train_set, sampler=epoch_sampler, drop_last=True,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The fine-tuning loop (timm_isomax.finetune, behind scripts/finetune.py) against a minimal plain-PyTorch
+"""The trainer's loop (timm_isomax.train, behind scripts/finetune.py) against a minimal plain-PyTorch
 loop on the same model, data, transform, batch size and loader workers: training images per second of one
 epoch, the two alternated over several rounds, medians and the ratio measured in the same run.
 
@@ -25,8 +25,7 @@ import torch
 
 import timm_isomax
 from timm_isomax.data import dataset_for_model, find_columns, load_image_dataset
-from timm_isomax.engine import train_epoch
-from timm_isomax.finetune import LOG_NAME, TRAINING_DIR, FinetuneConfig, finetune
+from timm_isomax.train import LOG_NAME, TRAINING_DIR, TrainConfig, train
 
 
 def parse_args(argv=None):
@@ -42,9 +41,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def plain_epoch(model, loader, loss_fn, optimizer, device) -> float:
+    """The plainest training epoch, the baseline: no seeds, scheduler, scaler, checks or progress."""
+    model.train()
+    total = torch.zeros((), device=device)
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loss = loss_fn(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return (total / max(len(loader), 1)).item()  # one host sync, at the end
+
+
 def plain_loop_rate(args, train_split, num_classes: int) -> float:
-    """Images per second of one epoch of the plainest loop (``engine.train_epoch``): the same transform,
-    loader and optimizer."""
+    """Images per second of one epoch of the plain loop: the same transform, loader and optimizer."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = timm.create_model(f"{args.model}_isomaxplus", num_classes=num_classes, in_chans=3).to(device)
@@ -54,13 +66,13 @@ def plain_loop_rate(args, train_split, num_classes: int) -> float:
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     start = time.perf_counter()
-    train_epoch(model, loader, timm_isomax.IsoMaxPlusLoss(), optimizer, device=device)  # ends with a host sync
+    plain_epoch(model, loader, timm_isomax.IsoMaxPlusLoss(), optimizer, device)
     return len(loader) * args.batch_size / (time.perf_counter() - start)
 
 
 def finetune_loop_rate(args, output: Path) -> float:
-    """Images per second of the fine-tuning loop's one epoch (its own log: the training phase only)."""
-    finetune(FinetuneConfig(model=args.model, from_scratch=True, dataset=args.dataset, output=str(output), epochs=1,
+    """Images per second of the trainer's one epoch (its own log: the training phase only)."""
+    train(TrainConfig(model=args.model, from_scratch=True, dataset=args.dataset, output=str(output), epochs=1,
                             train_limit=args.train_limit, val_limit=args.batch_size, batch_size=args.batch_size,
                             workers=args.workers, img_size=args.img_size, lr=0.01, device=args.device,
                             progress=False))

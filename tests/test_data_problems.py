@@ -1,6 +1,6 @@
 """Damaged real data (the first MNIST rows of ../shared/data): undecodable images, unusual image modes,
 missing and out-of-range labels, empty splits; through ImageDataset, dataset_for_model, materialize and
-fine-tuning's data loading (finetune._load_labelled_data)."""
+the trainer's data loading (data.load_labelled_splits)."""
 import io
 
 import datasets
@@ -12,7 +12,6 @@ from PIL import Image
 
 import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
 from timm_isomax import data as tdata
-from timm_isomax.finetune import FinetuneConfig, _load_labelled_data
 
 ROWS = 20
 
@@ -103,8 +102,7 @@ def _finetune_data(tmp_path, train, test, **overrides):
     folder = tmp_path / "data"  # the layout of ../shared/data: one Parquet file per split
     for name, split in (("train", train), ("test", test)):
         split.to_parquet(str(folder / f"{name}.parquet"))
-    return _load_labelled_data(FinetuneConfig(model="resnet10t", dataset=str(folder), output=str(tmp_path / "out"),
-                                              **overrides))
+    return tdata.load_labelled_splits(str(folder), **overrides)
 
 
 def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path):

@@ -141,7 +141,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         refused = run([*args, "--output", str(tmp_path / "a")])
         alongside = run([*args, "--output", str(tmp_path / "b")])  # another folder is free
-    assert refused.returncode == 2 and "is in use by another fine-tuning run (pid 4242)" in refused.stderr
+    assert refused.returncode == 2 and "is in use by another training run (pid 4242)" in refused.stderr
     assert not (tmp_path / "a" / "training" / "checkpoint.pt").exists()  # nothing was written
     assert alongside.returncode == 0, alongside.stderr[-1500:]
     after = run([*args, "--output", str(tmp_path / "a")])  # released: the folder is usable again

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import timm_isomax
 from timm_isomax import data as tdata
-from timm_isomax.finetune import _read_resume_state
+from timm_isomax.train.state import read_resume_state as _read_resume_state
 from timm_isomax.hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from timm_isomax.hub_config import load_hub_config, packaged_hub_configs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from timm_isomax.finetune import CHECKPOINT_NAME, LOG_NAME, _read_resume_state
+from timm_isomax.train.state import CHECKPOINT_NAME, LOG_NAME, read_resume_state as _read_resume_state
 from tests.test_finetune import REPO, SCRIPT, weights
 
 KILLS = 10

@@ -1,55 +1,64 @@
-"""The papers' comparison as a benchmark: SoftMax vs IsoMax vs IsoMax+ trained alike, over several seeds.
+"""SoftMax vs IsoMax vs IsoMax+ trained alike by the product's own trainer, over several seeds.
 
 A protocol is data: one JSON file per protocol (``benchmarks/protocols/<name>.json``) names the ID and OOD
-datasets (folders under a data root), the architecture, input size, data limits, the recipe shared by every
-head, the seeds, and a ``smoke`` override that shrinks it to seconds for the test suite::
+datasets (folders under a data root), optional OOD groups (OpenOOD's ``near`` / ``far``), the heads, the
+seeds, and under ``train`` the :class:`~timm_isomax.train.TrainConfig` settings every head shares (start
+model, checkpoint, recipe, preprocessing); ``smoke`` overrides shrink it to seconds for the test suite::
 
     {"name": "mnist", "id_dataset": "mnist", "ood_datasets": ["fashion_mnist", "notmnist"],
-     "arch": "resnet10t", "img_size": 32, "train_limit": 20000,
-     "recipe": {"epochs": 3, "batch_size": 64, "lr": 0.05}, "seeds": [0, 1, 2],
-     "smoke": {"train_limit": 1000, "test_limit": 500, "recipe": {"epochs": 1}}}
+     "heads": ["softmax", "isomax", "isomaxplus"], "seeds": [0, 1, 2],
+     "train": {"model": "resnet10t", "from_scratch": true, "in_chans": 1, "img_size": 32, "train_limit": 20000,
+               "epochs": 3, "batch_size": 64, "lr": 0.05},
+     "smoke": {"train": {"train_limit": 1000, "val_limit": 500, "epochs": 1}}}
 
-:func:`run_protocol` trains every head once per seed (:func:`~.experiment.compare_heads`) and writes one
-JSON file per seed as soon as that seed is done, so an interrupted benchmark resumes at the first missing
-seed. :func:`summarize` reduces the seed files to mean and standard deviation over seeds, and
-:func:`markdown_table` renders them.
+Each (seed, head) is one run of :func:`timm_isomax.train.train` into ``<runs>/<protocol>/seed<k>/<head>``:
+it checkpoints as any run does, so an interrupted benchmark resumes in the middle of a run, with the same
+command. The ID test split is the run's validation split (nothing is selected on it: the last epoch is
+kept). When a run ends, its final evaluation (accuracy; every score of its head on every OOD set, all
+metrics) joins ``<results>/<protocol>/seed<k>.json``, written at once; when every head of a seed is done,
+their inference throughput is timed side by side. :func:`summarize` gives mean and standard deviation
+over seeds, also of the near / far means; :func:`markdown_table` renders them.
 
 Example:
     >>> protocol = load_protocol("benchmarks/protocols/mnist.json")
     >>> runs = run_protocol(protocol, data_root="../shared/data", output="benchmarks/results")
     >>> print(markdown_table(summarize(runs)))
 """
+import copy
 import dataclasses
+import functools
 import json
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
-from .experiment import HEAD_KINDS, Recipe, build_protocol, compare_heads
+from .engine import interleaved_medians
 from .metrics import METRIC_NAMES
+from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
-           "markdown_table", "SCORE_LABELS", "TABLE_METRICS"]
+           "markdown_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
+_HEAD_LABELS = {"softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+"}
+_SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS"}
 # How each (head, score) pair is named in tables and plots.
-SCORE_LABELS: Dict[Tuple[str, str], str] = {
-    ("softmax", "msp"): "SoftMax, MSP",
-    ("softmax", "max_logit"): "SoftMax, max logit",
-    ("softmax", "energy"): "SoftMax, energy",
-    ("softmax", "entropic"): "SoftMax, entropic",
-    ("isomax", "entropic"): "IsoMax, entropic",
-    ("isomaxplus", "mds"): "IsoMax+, MDS",
-}
-# The metrics of the full per-protocol table (all ID positive), in column order.
-TABLE_METRICS = ("auroc", "tnr_at_95_tpr", "aupr_in", "aupr_out", "detection_accuracy")
-_METRIC_HEADERS = {"auroc": "AUROC", "tnr_at_95_tpr": "TNR@95", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out",
-                   "detection_accuracy": "DTACC"}
-_RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)} - {"seed"}
+SCORE_LABELS: Dict[Tuple[str, str], str] = {(head, score): f"{_HEAD_LABELS[head]}, {label}"
+                                            for head in HEADS for score, label in _SCORE_LABELS.items()}
+# The metrics of the full per-protocol table, in column order (FPR@95 and TNR@95 take ID as positive).
+TABLE_METRICS = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out")
+_METRIC_HEADERS = {"auroc": "AUROC", "tnr_at_95_tpr": "TNR@95", "fpr_at_95_tpr": "FPR@95", "aupr_in": "AUPR-in",
+                   "aupr_out": "AUPR-out", "detection_accuracy": "DTACC"}
+# Lower is better for these (bold marks the lowest mean).
+_LOWER_IS_BETTER = {"fpr_at_95_tpr", "fpr95_ood_positive"}
+# TrainConfig fields a protocol may not set: the benchmark sets them per run.
+_RUN_FIELDS = {"head", "seed", "dataset", "ood_datasets", "output", "resume", "val_split", "progress"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - _RUN_FIELDS
 
 
 @dataclass(frozen=True)
@@ -59,26 +68,21 @@ class BenchmarkProtocol:
     name: str
     id_dataset: str
     ood_datasets: Tuple[str, ...]
-    arch: str
-    recipe: Recipe
-    img_size: int = 32
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
-    ood_split: str = "test"
-    heads: Tuple[str, ...] = ("softmax", "isomax", "isomaxplus")
+    train: Dict[str, Any]
+    test_split: str = "test"
+    ood_groups: Dict[str, List[str]] = field(default_factory=dict)
+    heads: Tuple[str, ...] = HEADS
     seeds: Tuple[int, ...] = (0, 1, 2)
     description: str = ""
     smoke: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> Dict[str, Any]:
-        """The definition a run is made under: everything but the seeds (a run is one seed) and ``smoke``."""
+        """The definition a run is made under: everything but the seeds (a run is one seed), ``smoke`` and
+        the prose."""
         data = dataclasses.asdict(self)
-        data["recipe"].pop("seed")
-        # unset optional recipe fields are left out: runs saved before such a field existed stay valid
-        data["recipe"] = {key: value for key, value in data["recipe"].items() if value is not None}
-        for key in ("seeds", "smoke"):
+        for key in ("seeds", "smoke", "description"):
             data.pop(key)
-        return data
+        return json.loads(json.dumps(data))  # tuples as lists, as read back from a file
 
 
 def _protocol_error(where: str, message: str) -> ValueError:
@@ -89,18 +93,29 @@ def _protocol_from_dict(data: Any, where: str) -> BenchmarkProtocol:
     if not isinstance(data, dict):
         raise _protocol_error(where, "must hold a JSON object")
     known = {f.name for f in dataclasses.fields(BenchmarkProtocol)}
-    unknown, missing = set(data) - known, {"name", "id_dataset", "ood_datasets", "arch", "recipe"} - set(data)
+    unknown, missing = set(data) - known, {"name", "id_dataset", "ood_datasets", "train"} - set(data)
     if unknown or missing:
         raise _protocol_error(where, f"unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    recipe = data["recipe"]
-    if not isinstance(recipe, dict) or set(recipe) - _RECIPE_FIELDS:
-        raise _protocol_error(where, f"'recipe' must be an object with keys among {sorted(_RECIPE_FIELDS)}")
+    train_settings = data["train"]
+    if not isinstance(train_settings, dict) or set(train_settings) - _TRAIN_FIELDS or "model" not in train_settings:
+        raise _protocol_error(where, f"'train' must be an object with 'model' and keys among {sorted(_TRAIN_FIELDS)} "
+                                     f"(got {sorted(set(train_settings) - _TRAIN_FIELDS) if isinstance(train_settings, dict) else train_settings!r})")
     heads = tuple(data.get("heads", BenchmarkProtocol.heads))
-    if set(heads) - set(HEAD_KINDS):
-        raise _protocol_error(where, f"'heads' must be among {sorted(HEAD_KINDS)}")
-    values = dict(data, recipe=Recipe(**recipe), heads=heads, ood_datasets=tuple(data["ood_datasets"]),
+    if set(heads) - set(HEADS):
+        raise _protocol_error(where, f"'heads' must be among {list(HEADS)}")
+    ood = tuple(data["ood_datasets"])
+    groups = data.get("ood_groups", {})
+    if not isinstance(groups, dict) or any(set(sets) - set(ood) for sets in groups.values()):
+        raise _protocol_error(where, "'ood_groups' must map group names to lists of the protocol's OOD datasets")
+    values = dict(data, heads=heads, ood_datasets=ood,
                   seeds=tuple(int(s) for s in data.get("seeds", BenchmarkProtocol.seeds)))
-    return BenchmarkProtocol(**values)
+    protocol = BenchmarkProtocol(**values)
+    try:  # every head's settings are checked now, not after the first head has trained
+        for head in heads:
+            _train_config(protocol, head, 0, None, Path("."), None)
+    except (TypeError, ValueError) as error:
+        raise _protocol_error(where, f"'train' is not a valid setting for every head ({error})") from None
+    return protocol
 
 
 def load_protocol(path: Union[str, Path]) -> BenchmarkProtocol:
@@ -117,16 +132,46 @@ def load_protocol(path: Union[str, Path]) -> BenchmarkProtocol:
 
 def smoke_version(protocol: BenchmarkProtocol) -> BenchmarkProtocol:
     """The protocol shrunk by its ``smoke`` overrides (fewer images and epochs, one seed): same code path."""
-    overrides = dict(protocol.smoke)
-    recipe = dataclasses.replace(protocol.recipe, **overrides.pop("recipe", {}))
+    overrides = copy.deepcopy(dict(protocol.smoke))
+    train_settings = dict(protocol.train, **overrides.pop("train", {}))
     overrides.setdefault("seeds", protocol.seeds[:1])
-    return dataclasses.replace(protocol, name=protocol.name + "-smoke", recipe=recipe,
+    return dataclasses.replace(protocol, name=protocol.name + "-smoke", train=train_settings,
                                seeds=tuple(overrides.pop("seeds")), **overrides)
 
 
 def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:
     local = Path(data_root) / entry if data_root is not None else None
     return str(local) if local is not None and local.exists() else entry
+
+
+def _checkpoint_path(entry: Optional[str], data_root: Optional[Union[str, Path]]) -> Optional[str]:
+    if entry is None or entry.startswith("pypi:") or Path(entry).is_absolute():
+        return entry
+    return _dataset_path(entry, data_root)
+
+
+def _train_config(protocol: BenchmarkProtocol, head: str, seed: int, data_root, runs: Path,
+                  feature_cache: Optional[Path]) -> TrainConfig:
+    """The trainer's settings for one (head, seed) run of ``protocol``."""
+    settings = dict(protocol.train)
+    settings["checkpoint"] = _checkpoint_path(settings.get("checkpoint"), data_root)
+    if settings.get("freeze_backbone") and feature_cache is not None:
+        settings.setdefault("feature_cache", str(feature_cache))
+    settings.setdefault("ood_eval_every", 0)  # a benchmark measures OOD once, at the end
+    return TrainConfig(**settings, head=head, seed=seed, dataset=_dataset_path(protocol.id_dataset, data_root),
+                       val_split=protocol.test_split, output=str(runs / protocol.name / f"seed{seed}" / head),
+                       ood_datasets=[_dataset_path(d, data_root) for d in protocol.ood_datasets], resume=True,
+                       progress=False)
+
+
+def missing_inputs(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]]) -> List[str]:
+    """The protocol's datasets and checkpoint file that are not where it says (nothing loads them)."""
+    missing = [d for d in (protocol.id_dataset, *protocol.ood_datasets)
+               if not Path(_dataset_path(d, data_root)).exists()]
+    checkpoint = _checkpoint_path(protocol.train.get("checkpoint"), data_root)
+    if checkpoint and not checkpoint.startswith("pypi:") and not Path(checkpoint).exists():
+        missing.append(checkpoint)
+    return missing
 
 
 def hardware_description(device: torch.device) -> str:
@@ -142,62 +187,127 @@ def hardware_description(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}"
 
 
+def inference_throughput(models: Mapping[str, nn.Module], images: torch.Tensor, rounds: int = 5,
+                         device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Images per second of each model's eval-mode forward on the batch ``images``, timed interleaved."""
+    images = images.to(device)
+    for model in models.values():
+        model.eval().to(device)
+
+    def forward(model):
+        with torch.no_grad():
+            model(images)
+
+    medians = interleaved_medians({name: functools.partial(forward, model) for name, model in models.items()},
+                                  rounds, device=device)
+    return {name: len(images) / seconds for name, seconds in medians.items()}
+
+
 def _seed_file(output: Path, protocol: BenchmarkProtocol, seed: int) -> Path:
     return output / protocol.name / f"seed{seed}.json"
 
 
-def _finished_run(path: Path, protocol: BenchmarkProtocol) -> Optional[Dict]:
+def _read_seed_file(path: Path, protocol: BenchmarkProtocol) -> Optional[Dict]:
     if not path.exists():
         return None
     run = json.loads(path.read_text())
-    if run.get("protocol") != json.loads(json.dumps(protocol.to_json())):
+    if run.get("protocol") != protocol.to_json():
         raise ValueError(f"{path} holds results of a different definition of protocol {protocol.name!r}; "
                          f"move that folder away or pass another --output.")
     return run
 
 
+def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ("resume", "progress", "workers", "device")}
+
+
+def _check_run_folder(cfg: TrainConfig) -> None:
+    """A run folder left by another definition of the protocol is refused: resuming it would mix settings."""
+    saved = Path(cfg.output) / TRAINING_DIR / "config.json"
+    if saved.exists() and _comparable(json.loads(saved.read_text())) != _comparable(cfg.to_json()):
+        raise ValueError(f"{saved.parent.parent} holds a run made with other settings than this protocol's; "
+                         f"delete that folder (or pass another --runs) to train it anew.")
+
+
+def _row(cfg: TrainConfig) -> Dict[str, Any]:
+    """The finished run's result row: its final evaluation plus what the log says about training."""
+    folder = Path(cfg.output)
+    evaluation = json.loads((folder / TRAINING_DIR / EVALUATION_NAME).read_text())
+    log = [json.loads(line) for line in (folder / TRAINING_DIR / LOG_NAME).read_text().splitlines() if line.strip()]
+    config = json.loads((folder / "config.json").read_text())
+    row = dict(evaluation, arch=config["architecture"], train_seconds=sum(r["seconds"] for r in log),
+               final_loss=log[-1]["train_loss"], epochs=len(log))
+    if log[-1].get("distance_scale") is not None:  # IsoMax+: the learned |s|, a diagnostic
+        row["distance_scale"] = log[-1]["distance_scale"]
+    return row
+
+
+def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[str, TrainConfig], rounds: int,
+                        device: torch.device) -> None:
+    import timm
+
+    from .data import dataset_for_model
+
+    models = {head: timm.create_model(f"local-dir:{configs[head].output}", pretrained=True) for head in configs}
+    first = next(iter(models.values()))
+    test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256)
+    batch = torch.stack([test[i][0] for i in range(len(test))])
+    rates = inference_throughput(models, batch, rounds, device)
+    for row in run["rows"]:
+        row["throughput"] = rates[row["head"]]
+
+
 def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]] = None,
-                 output: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu",
-                 throughput_rounds: int = 5, log: Callable[[str], None] = print) -> List[Dict]:
+                 output: Union[str, Path] = "benchmarks/results", runs: Union[str, Path] = "outputs/benchmark_runs",
+                 feature_cache: Optional[Union[str, Path]] = "outputs/feature_cache",
+                 device: Union[str, torch.device] = "cpu", throughput_rounds: int = 5,
+                 log: Callable[[str], None] = print) -> List[Dict]:
     """Train and evaluate every head of ``protocol`` for each of its seeds; one run dict per seed.
 
-    With ``output``, each seed's run is written to ``<output>/<protocol>/seed<k>.json`` when it finishes and
-    seeds already there are read back instead of retrained (the file must hold the same protocol).
+    Finished heads are read back from ``<output>/<protocol>/seed<k>.json`` (the file must hold the same
+    protocol); an unfinished run continues from its checkpoint in ``runs``.
     """
+    device = torch.device(device)
+    output, runs = Path(output), Path(runs)
+    missing = missing_inputs(protocol, data_root)
+    if missing:
+        raise FileNotFoundError(f"protocol {protocol.name!r}: {', '.join(missing)} not found (data root "
+                                f"{data_root}); pass --data-root or fix the protocol file.")
+    results = []
+    for seed in protocol.seeds:
+        path = _seed_file(output, protocol, seed)
+        run = _read_seed_file(path, protocol) or dict(protocol=protocol.to_json(), seed=seed, rows=[])
+        configs = {head: _train_config(protocol, head, seed, data_root, runs,
+                                       Path(feature_cache) if feature_cache else None) for head in protocol.heads}
+        for head in protocol.heads:
+            if any(row["head"] == head for row in run["rows"]):
+                continue
+            cfg = configs[head]
+            _check_run_folder(cfg)
+            start = time.perf_counter()
+            log(f"{protocol.name} seed {seed}: training {head} into {cfg.output}")
+            train(dataclasses.replace(cfg, device=str(device)))
+            row = _row(cfg)
+            row["wall_seconds"] = time.perf_counter() - start
+            run["rows"].append(row)
+            run.update(hardware=hardware_description(device), id_dataset=protocol.id_dataset,
+                       ood_datasets=list(protocol.ood_datasets))
+            _write(path, run)
+            log(f"{protocol.name} seed {seed} {head}: accuracy {100 * row['accuracy']:.2f}% "
+                f"({row['train_seconds']:.0f} s of training)")
+        run["rows"].sort(key=lambda row: protocol.heads.index(row["head"]))
+        if throughput_rounds > 0 and not all("throughput" in row for row in run["rows"]):
+            _measure_throughput(run, protocol, configs, throughput_rounds, device)
+            _write(path, run)
+        results.append(run)
+    return results
+
+
+def _write(path: Path, run: Dict) -> None:
     from .hub import _atomic_write
 
-    device = torch.device(device)
-    output = Path(output) if output is not None else None
-    runs, pending = [], []
-    for seed in protocol.seeds:
-        finished = _finished_run(_seed_file(output, protocol, seed), protocol) if output is not None else None
-        (runs.append(finished) if finished is not None else pending.append(seed))
-    if not pending:
-        return runs
-    start = time.perf_counter()
-    data = build_protocol(_dataset_path(protocol.id_dataset, data_root),
-                          [_dataset_path(d, data_root) for d in protocol.ood_datasets], img_size=protocol.img_size,
-                          ood_split=protocol.ood_split, train_limit=protocol.train_limit, test_limit=protocol.test_limit)
-    log(f"{protocol.name}: {len(data.train_set)} train / {len(data.id_test)} test images, OOD "
-        + ", ".join(f"{name} ({len(d)})" for name, d in data.ood_sets.items())
-        + f"; data ready in {time.perf_counter() - start:.0f} s")
-    for seed in pending:
-        start = time.perf_counter()
-        recipe = dataclasses.replace(protocol.recipe, seed=seed)
-        rows = compare_heads(protocol.arch, data.num_classes, data.train_set, data.id_test, data.ood_sets, recipe,
-                             heads=protocol.heads, device=device, throughput_rounds=throughput_rounds,
-                             in_chans=data.in_chans)
-        run = dict(protocol=protocol.to_json(), seed=seed, hardware=hardware_description(device),
-                   seconds=time.perf_counter() - start, id_dataset=data.name, ood_datasets=list(data.ood_sets),
-                   rows=rows)
-        log(f"{protocol.name} seed {seed}: " + ", ".join(
-            f"{row['head']} acc {100 * row['accuracy']:.2f}%" for row in rows) + f" ({run['seconds']:.0f} s)")
-        if output is not None:
-            path = _seed_file(output, protocol, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))
-        runs.append(run)
-    return sorted(runs, key=lambda run: run["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))
 
 
 def load_runs(folder: Union[str, Path]) -> List[Dict]:
@@ -205,7 +315,7 @@ def load_runs(folder: Union[str, Path]) -> List[Dict]:
     of several protocols); deeper folders (e.g. ``ablations/<protocol>/``) are other outputs."""
     paths = sorted([*Path(folder).glob("seed*.json"), *Path(folder).glob("*/seed*.json")])
     if not paths:
-        raise FileNotFoundError(f"no benchmark runs (seed*.json) under {folder}; run scripts/benchmark_ood.py first.")
+        raise FileNotFoundError(f"no benchmark runs (seed*.json) under {folder}; run the benchmark first.")
     return [json.loads(path.read_text()) for path in paths]
 
 
@@ -214,13 +324,22 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
             "n": len(values)}
 
 
+def _with_group_means(metrics: Dict[str, Dict[str, float]], groups: Dict[str, List[str]]) -> Dict[str, Dict[str, float]]:
+    # OpenOOD's near / far: the plain mean of the group's OOD sets, per metric, within one run
+    out = dict(metrics)
+    for group, sets in groups.items():
+        out[f"{group} mean"] = {m: statistics.fmean(metrics[s][m] for s in sets) for m in metrics[sets[0]]}
+    return out
+
+
 def summarize(runs: Sequence[Dict]) -> List[Dict]:
     """Mean and sample standard deviation over seeds, per protocol and (head, score).
 
     Each entry: ``protocol``, ``head``, ``score``, ``label``, ``seeds``, ``accuracy``, ``throughput``
     (inference img/s), ``throughput_ratio`` (over the SoftMax model's, measured side by side in each seed's
-    run), ``metrics[ood][metric]``,
-    plus the protocol's hardware and total seconds. Every statistic is ``{"mean", "std", "n"}``.
+    run), ``metrics[ood][metric]`` (also ``"<group> mean"`` for the protocol's OOD groups), plus the
+    protocol's hardware and training seconds. Every statistic is ``{"mean", "std", "n"}``. Heads are
+    summarised over the seeds that have them.
     """
     by_protocol: Dict[str, List[Dict]] = {}
     for run in runs:
@@ -228,25 +347,37 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
     summary = []
     for name, protocol_runs in by_protocol.items():
         protocol_runs = sorted(protocol_runs, key=lambda run: run["seed"])
-        first = protocol_runs[0]
-        for head_index, head_row in enumerate(first["rows"]):
-            rows = [run["rows"][head_index] for run in protocol_runs]
-            baselines = [next((r for r in run["rows"] if r["head"] == "softmax"), None) for run in protocol_runs]
-            ratios = [row["throughput"] / base["throughput"] for row, base in zip(rows, baselines)
-                      if base is not None and "throughput" in row]
-            for score in head_row["metrics"]:
+        definition = protocol_runs[0]["protocol"]
+        groups = definition.get("ood_groups", {})
+        for head in definition["heads"]:
+            pairs = [(run, row) for run in protocol_runs for row in run["rows"] if row["head"] == head]
+            if not pairs:
+                continue
+            ratios = []
+            for run, row in pairs:
+                base = next((r for r in run["rows"] if r["head"] == "softmax"), None)
+                if base is not None and "throughput" in row and "throughput" in base:
+                    ratios.append(row["throughput"] / base["throughput"])
+            rows = [row for _, row in pairs]
+            oods = list(rows[0]["metrics"][next(iter(rows[0]["metrics"]))])
+            columns = oods + [f"{group} mean" for group in groups]
+            for score in rows[0]["metrics"]:
+                per_run = [_with_group_means(row["metrics"][score], groups) for row in rows]
                 summary.append(dict(
-                    protocol=name, head=head_row["head"], score=score, arch=head_row["arch"],
-                    label=SCORE_LABELS.get((head_row["head"], score), f"{head_row['head']}, {score}"),
-                    seeds=[run["seed"] for run in protocol_runs], id_dataset=first["id_dataset"],
-                    ood_datasets=first["ood_datasets"], recipe=first["protocol"]["recipe"],
-                    hardware=first["hardware"], seconds=sum(run["seconds"] for run in protocol_runs),
+                    protocol=name, head=head, score=score, arch=rows[0]["arch"],
+                    label=SCORE_LABELS.get((head, score), f"{head}, {score}"),
+                    seeds=[run["seed"] for run, _ in pairs], id_dataset=definition["id_dataset"],
+                    ood_datasets=oods, columns=columns, train=definition["train"],
+                    hardware=pairs[0][0].get("hardware", ""),
+                    seconds=sum(row.get("train_seconds", 0.0) for row in rows),
                     accuracy=_mean_std([row["accuracy"] for row in rows]),
                     throughput=_mean_std([row["throughput"] for row in rows]) if ratios else None,
                     throughput_ratio=_mean_std(ratios) if ratios else None,
-                    metrics={ood: {metric: _mean_std([row["metrics"][score][ood][metric] for row in rows])
-                                   for metric in METRIC_NAMES}
-                             for ood in first["ood_datasets"]}))
+                    distance_scale=_mean_std([row["distance_scale"] for row in rows])
+                    if all("distance_scale" in row for row in rows) else None,
+                    metrics={column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
+                                      for metric in METRIC_NAMES if metric in per_run[0][column]}
+                             for column in columns}))
     return summary
 
 
@@ -255,22 +386,35 @@ def _percent(stat: Dict[str, float], best: bool = False) -> str:
     return f"**{text}**" if best else text
 
 
-def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc", "tnr_at_95_tpr"),
+def _recipe_line(entry: Dict) -> str:
+    settings = entry["train"]
+    start = ("from scratch" if settings.get("from_scratch") else
+             f"from {Path(settings['checkpoint']).name if settings.get('checkpoint') else 'pretrained ' + settings['model']}")
+    parts = [settings["model"], start, "frozen backbone" if settings.get("freeze_backbone") else None,
+             f"{settings.get('epochs', 5)} epochs", f"batch {settings.get('batch_size', 64)}",
+             f"{settings.get('opt', 'sgd')} lr {settings.get('lr', 0.01)}", f"{settings.get('sched', 'cosine')}",
+             f"augmentation {settings.get('augmentation', 'rrc')}",
+             f"{settings['img_size']} px" if settings.get("img_size") else None,
+             f"first {settings['train_limit']} training images" if settings.get("train_limit") else None]
+    return ", ".join(p for p in parts if p)
+
+
+def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),
                    protocol: Optional[str] = None) -> str:
-    """A Markdown table per protocol: ID accuracy, the chosen metrics per OOD set and throughput ratio,
-    mean ± std over seeds in %; the best mean per column is bold."""
+    """A Markdown table per protocol: ID accuracy, the chosen metrics per OOD set and group mean, and the
+    throughput ratio, mean ± std over seeds in %; the best mean per column is bold."""
     blocks = []
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         if protocol is not None and name != protocol:
             continue
         entries = [entry for entry in summary if entry["protocol"] == name]
-        oods = entries[0]["ood_datasets"]
-        columns = [(ood, metric) for ood in oods for metric in metrics]
+        columns = [(ood, metric) for ood in entries[0]["columns"] for metric in metrics]
         header = (["model, score", "ID acc %"] + [f"{_METRIC_HEADERS[m]} {ood} %" for ood, m in columns]
                   + ["inference img/s (x SoftMax)"])
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         best_accuracy = max(e["accuracy"]["mean"] for e in entries)
-        best = {(ood, m): max(e["metrics"][ood][m]["mean"] for e in entries) for ood, m in columns}
+        pick = {m: (min if m in _LOWER_IS_BETTER else max) for _, m in columns}
+        best = {(ood, m): pick[m](e["metrics"][ood][m]["mean"] for e in entries) for ood, m in columns}
         for entry in entries:
             ratio = entry["throughput_ratio"]
             cells = [entry["label"], _percent(entry["accuracy"], entry["accuracy"]["mean"] == best_accuracy)]
@@ -279,10 +423,9 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc", "
             cells.append(f"{entry['throughput']['mean']:.0f} ({ratio['mean']:.2f}x)" if ratio else "")
             lines.append("| " + " | ".join(cells) + " |")
         first = entries[0]
-        recipe = first["recipe"]
-        lines.append(f"\n{name}: ID {first['id_dataset']}, {first['arch'].split('_isomax')[0]}, "
-                     f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, lr {recipe['lr']}, seeds "
-                     f"{', '.join(map(str, first['seeds']))}; {first['hardware']}; "
-                     f"{first['seconds'] / 60:.0f} min in all.")
+        seeds = sorted({seed for e in entries for seed in e["seeds"]})
+        seconds = sum(e["seconds"] for e in {e["head"]: e for e in entries}.values())  # one entry per head
+        lines.append(f"\n{name}: ID {first['id_dataset']}; {_recipe_line(first)}; seeds {', '.join(map(str, seeds))}; "
+                     f"{first['hardware']}; {seconds / 60:.0f} min of training in all.")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

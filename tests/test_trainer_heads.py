@@ -1,0 +1,88 @@
+"""The one trainer for every head: a SoftMax run gives a plain timm folder, frozen-backbone runs train on
+cached features exactly as head-only runs over the backbone do, and wrong combinations are one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
+
+from .test_finetune import REPO, SCRIPT
+
+DIGITS = dict(dataset="sklearn-digits", img_size=32, augmentation="none", workers=0, progress=False, batch_size=32)
+
+
+def _weights(folder):
+    return safetensors.torch.load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_softmax_run_is_a_plain_timm_folder_that_timm_loads_without_timm_isomax(tmp_path):
+    output = train(TrainConfig(model="resnet10t", from_scratch=True, head="softmax", in_chans=1, epochs=1,
+                               ood_datasets=["sklearn-digits"], output=str(tmp_path / "softmax"), **DIGITS))
+    config = json.loads((output / "config.json").read_text())
+    assert config["architecture"] == "resnet10t" and "isomax" not in config and config["num_classes"] == 10
+    evaluation = json.loads((output / TRAINING_DIR / EVALUATION_NAME).read_text())
+    assert evaluation["head"] == "softmax" and set(evaluation["metrics"]) == {"msp", "max_logit", "energy", "entropic"}
+    assert evaluation["score"] == "msp" and evaluation["threshold"] is not None
+    probe = ("import sys, timm, torch, safetensors.torch as st\n"
+             f"m = timm.create_model('local-dir:{output}', pretrained=True).eval()\n"
+             "assert 'timm_isomax' not in sys.modules, 'timm_isomax was imported'\n"
+             f"w = st.load_file('{output}/model.safetensors')\n"
+             "assert all(torch.equal(v, w[k]) for k, v in m.state_dict().items())\n"
+             "print(type(m).__name__, m.num_classes, *m.pretrained_cfg['input_size'])\n")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert loaded.returncode == 0, loaded.stderr[-1500:]
+    assert loaded.stdout.split() == ["ResNet", "10", "1", "32", "32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["softmax", "isomaxplus"])
+def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backbone(head, tmp_path):
+    # a start model with trained-looking weights: one short full run, then both head-only runs start from it
+    start = train(TrainConfig(model="resnet10t", from_scratch=True, head=head, epochs=1, train_limit=256, lr=0.05,
+                              output=str(tmp_path / "start"), **DIGITS))
+    common = dict(model=f"local-dir:{start}", head=head, epochs=2, lr=0.05, train_limit=512, **DIGITS)
+    cached = train(TrainConfig(**common, freeze_backbone=True, feature_cache=str(tmp_path / "cache"),
+                               output=str(tmp_path / "cached")))
+    uncached = train(TrainConfig(**common, head_epochs=2, output=str(tmp_path / "uncached")))
+    start_w, cached_w, uncached_w = _weights(start), _weights(cached), _weights(uncached)
+    head_keys = [k for k in cached_w if k.startswith(("fc.", "head."))]
+    trained = [k for k in head_keys if not k.endswith("temperature")]  # the temperature buffer is calibration's
+    assert trained and all(not torch.equal(cached_w[k], start_w[k]) for k in trained)  # the head trained
+    for key in cached_w:
+        if key not in head_keys:  # the backbone is untouched, batch-norm statistics included
+            assert torch.equal(cached_w[key], start_w[key]), key
+        torch.testing.assert_close(cached_w[key], uncached_w[key], rtol=1e-4, atol=1e-5)
+    # the cache serves a second run; another image size is another key, never stale features
+    again = subprocess.run([sys.executable, str(SCRIPT), "--model", f"local-dir:{start}", "--head", head,
+                            "--dataset", "sklearn-digits", "--img-size", "32", "--no-aug", "--workers", "0",
+                            "--batch-size", "32", "--epochs", "1", "--train-limit", "512", "--freeze-backbone",
+                            "--feature-cache", str(tmp_path / "cache"), "--no-progress", "--output",
+                            str(tmp_path / "again")], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert "features of 0 set(s) computed, 2 read from" in again.stdout
+    resized = train(TrainConfig(**dict(common, img_size=40, epochs=1), freeze_backbone=True,
+                                feature_cache=str(tmp_path / "cache"), output=str(tmp_path / "resized")))
+    assert resized.exists() and len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--head", "softmax", "--entropic-scale", "5"], "the entropic scale belongs to the IsoMax losses"),
+    (["--head", "softmax", "--score", "mds"], "mds is the IsoMax+ score"),
+    (["--freeze-backbone"], "augmentation would make them stale: add --no-aug"),
+    (["--freeze-backbone", "--no-aug", "--mixup", "0.2"], "mixup and cutmix act on images"),
+    (["--feature-cache", "somewhere"], "it needs --freeze-backbone"),
+    (["--head", "softmax", "--model", "resnet10t_isomaxplus"], "names an IsoMax architecture but --head is softmax"),
+])
+def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path):
+    args = ["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "out"), *extra]
+    if "--model" in extra:
+        args = args[2:]
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()

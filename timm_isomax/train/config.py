@@ -1,0 +1,150 @@
+"""Every setting of a training run, checked when the config is made (before any data or model loads)."""
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..data import AUGMENTATIONS
+from ..model import DEFAULT_OOD_SCORES
+from ..scores import SCORES
+
+__all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
+
+# What the trainer can train: the plain timm model (linear classifier + cross-entropy) and the two IsoMax heads.
+HEADS = ("softmax", "isomax", "isomaxplus")
+# The OOD score each head is monitored with and its deployment threshold fitted on, unless ``score`` says.
+DEFAULT_SCORES: Dict[str, str] = {"softmax": "msp", **DEFAULT_OOD_SCORES}
+# Every score the final evaluation reports for each head (max_logit is mds for the IsoMax heads: one row).
+HEAD_SCORES: Dict[str, Tuple[str, ...]] = {
+    "softmax": ("msp", "max_logit", "energy", "entropic"),
+    "isomax": ("entropic", "mds", "energy", "msp"),
+    "isomaxplus": ("mds", "entropic", "energy", "msp"),
+}
+# The IsoMax losses' entropic scale (cross-entropy on ``10 * logits``), both papers' value.
+ENTROPIC_SCALE = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; the ``timm-isomax finetune`` / ``scripts/finetune.py`` flags map onto these fields.
+
+    ``head``: ``softmax`` trains the plain timm model with cross-entropy (its output folder is a plain timm
+    folder); ``isomax`` / ``isomaxplus`` convert the start model and train with the entropic loss.
+    ``freeze_backbone``: only the head trains, on features the frozen backbone computes once
+    (``feature_cache``: a folder that keeps them between runs; default: in memory for this run).
+    ``augmentation``: ``rrc`` (timm's random-resized crop and flip, ``crop_scale``), ``crop-flip`` (pad by
+    ``crop_padding``, random crop, flip: the CIFAR recipe) or ``none``.
+    ``ood_eval_every``: epochs between OOD AUROCs in the log (0: only the final evaluation, which always runs
+    when ``ood_datasets`` are given and writes every score's metrics to ``training/evaluation.json``).
+    """
+
+    model: str
+    dataset: str
+    output: str
+    checkpoint: Optional[str] = None
+    key_map: Optional[str] = None
+    from_scratch: bool = False
+    head: str = "isomaxplus"
+    in_chans: Optional[int] = None
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    ood_datasets: Sequence[str] = ()
+    ood_split: str = "test"
+    score: Optional[str] = None
+    epochs: int = 5
+    head_epochs: int = 0
+    freeze_backbone: bool = False
+    feature_cache: Optional[str] = None
+    batch_size: int = 64
+    opt: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    head_weight_decay: Optional[float] = None
+    sched: str = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    entropic_scale: Optional[float] = None
+    img_size: Optional[int] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    interpolation: Optional[str] = None
+    augmentation: str = "rrc"
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_padding: int = 4
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    workers: int = 2
+    train_limit: Optional[int] = None
+    val_limit: Optional[int] = None
+    ood_eval_every: int = 1
+    checkpoint_every: int = 0
+    resume: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+        for name in ("crop_scale", "mean", "std"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        if isinstance(self.ood_datasets, str):
+            self.ood_datasets = (self.ood_datasets,)
+        self.ood_datasets = tuple(self.ood_datasets)
+
+    def _problem(self) -> Optional[str]:  # noqa: C901 (one flat list of checks reads best)
+        if self.head not in HEADS:
+            return f"head must be one of {', '.join(HEADS)}, got {self.head!r}."
+        if self.epochs < 1 or not 0 <= self.head_epochs <= self.epochs:
+            return f"need epochs >= 1 and 0 <= head_epochs <= epochs, got {self.epochs}, {self.head_epochs}."
+        if self.batch_size < 1 or not self.lr > 0:
+            return f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}."
+        if self.checkpoint_every < 0 or self.ood_eval_every < 0:
+            return "checkpoint_every and ood_eval_every must be >= 0 (0: at epoch ends only / at the end only)."
+        if self.augmentation not in AUGMENTATIONS:
+            return f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}."
+        if self.in_chans is not None and self.in_chans not in (1, 3):
+            return f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}."
+        if self.score is not None and self.score not in SCORES:
+            return f"unknown OOD score {self.score!r}; choose one of {', '.join(sorted(SCORES))}."
+        if self.head == "softmax":
+            if self.entropic_scale is not None:
+                return ("the entropic scale belongs to the IsoMax losses; --head softmax trains with plain "
+                        "cross-entropy: drop --entropic-scale, or pick --head isomaxplus.")
+            if self.score == "mds":
+                return ("mds is the IsoMax+ score (its minimum distance); for a SoftMax model the same formula is "
+                        "--score max_logit.")
+        elif self.entropic_scale is not None and not self.entropic_scale > 0:
+            return f"entropic_scale must be > 0, got {self.entropic_scale}."
+        if self.freeze_backbone:
+            if self.augmentation != "none":
+                return ("--freeze-backbone trains the head on features computed once, which augmentation would make "
+                        "stale: add --no-aug (--augmentation none).")
+            if self.mixup > 0 or self.cutmix > 0:
+                return "--freeze-backbone trains on cached features; mixup and cutmix act on images: drop them."
+            if self.head_epochs:
+                return "--freeze-backbone trains only the head in every epoch; drop --head-epochs."
+        elif self.feature_cache is not None:
+            return "feature_cache holds a frozen backbone's features: it needs --freeze-backbone."
+        if self.from_scratch and (self.checkpoint or self.freeze_backbone):
+            return "--from-scratch starts from random weights: drop --checkpoint / --freeze-backbone."
+        return None
+
+    @property
+    def ood_score(self) -> str:
+        """The OOD score the log reports and the deployment threshold is fitted on."""
+        return self.score or DEFAULT_SCORES[self.head]
+
+    @property
+    def loss_entropic_scale(self) -> float:
+        return ENTROPIC_SCALE if self.entropic_scale is None else self.entropic_scale
+
+    def to_json(self) -> Dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

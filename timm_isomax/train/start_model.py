@@ -1,0 +1,78 @@
+"""The model a run starts from: a SoftMax checkpoint kept as it is (``head="softmax"``) or converted to an
+IsoMax head, a saved IsoMax model, or random weights."""
+from typing import Any, Dict
+
+import timm
+import torch
+from torch import nn
+
+from ..conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
+from ..data import dataset_for_model
+from ..model import IsoMaxClassifier
+from ..registry import base_architecture, closest_models_hint
+from .config import TrainConfig
+
+__all__ = ["build_start_model", "model_kwargs"]
+
+# Class-mean prototypes use at most this many training images (eval transform).
+CLASS_MEAN_IMAGES = 5000
+
+
+def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
+    """Construction arguments the config adds to the architecture's (recorded in checkpoints)."""
+    return {"in_chans": cfg.in_chans} if cfg.in_chans is not None else {}
+
+
+def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Module:
+    """The model training starts from; ``model.conversion`` says how its head was initialised.
+
+    ``cfg.model`` naming ``<arch>_isomaxplus`` / ``<arch>_isomax`` picks that head (from the base's SoftMax
+    weights under the same tag); with ``head="softmax"`` such a name is refused.
+    """
+    source, name = timm.models.parse_model_name(cfg.model)
+    arch = timm.models.get_arch_name(name)
+    head = cfg.head
+    if source is None and arch.endswith(("_isomaxplus", "_isomax")):
+        base_arch, named_head = base_architecture(arch)
+        if head == "softmax":
+            raise ValueError(f"--model {cfg.model!r} names an IsoMax architecture but --head is softmax: name the "
+                             f"base architecture ({base_arch}) for a SoftMax run.")
+        head = named_head  # start from the base's SoftMax weights, same tag
+        name, arch = name.replace(arch, base_arch, 1), base_arch
+    if source is None and not timm.is_model(arch):
+        raise ValueError(f"unknown model {cfg.model!r}. {closest_models_hint(arch)}")
+    kwargs = model_kwargs(cfg)
+
+    def class_mean_batches(model: nn.Module):
+        subset = dataset_for_model(model, train_split, limit=CLASS_MEAN_IMAGES, image_column=cfg.image_column,
+                                   label_column=cfg.label_column)
+        return torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, num_workers=cfg.workers)
+
+    if cfg.from_scratch:
+        model = timm.create_model(arch if head == "softmax" else f"{arch}_{head}", num_classes=num_classes, **kwargs)
+        model.conversion = ConversionReport("fresh", "trained from scratch (from_scratch=True)")
+        return model
+    start = load_softmax_model(cfg.model if source else name, cfg.checkpoint, cfg.key_map, **kwargs)
+    if isinstance(start, IsoMaxClassifier):  # a saved IsoMax model (local-dir:/hf-hub:)
+        if head == "softmax":
+            raise ValueError(f"{cfg.model} is an IsoMax model ({start.head_type}); --head softmax needs a SoftMax "
+                             f"start model.")
+        if start.num_classes != num_classes:
+            start.reset_classifier(num_classes)
+            with torch.no_grad():
+                start.head.prototypes.copy_(class_mean_prototypes(
+                    start.backbone, class_mean_batches(start), num_classes, start.head_type == "isomaxplus"))
+            start.conversion = ConversionReport("class_means", "new class count: prototypes = class means")
+        else:
+            start.conversion = ConversionReport("loaded", "IsoMax model loaded as saved")
+        return start
+    if head == "softmax":
+        if start.num_classes != num_classes:
+            start.reset_classifier(num_classes)
+            start.conversion = ConversionReport("new_classifier", f"new class count: a fresh {num_classes}-class "
+                                                                  f"linear classifier")
+        else:
+            start.conversion = ConversionReport("loaded", "SoftMax model loaded as saved")
+        return start
+    data = class_mean_batches(start) if start.num_classes != num_classes or head != "isomaxplus" else None
+    return convert_softmax_model(start, num_classes, head_type=head, data=data)

@@ -1,0 +1,106 @@
+"""A run's files on disk and the state it resumes from.
+
+Layout of an output folder: ``config.json`` + ``model.safetensors`` (the model, written at the end),
+``training/checkpoint.pt`` (the resumable state, atomic), ``training/log.jsonl`` (one line per epoch),
+``training/config.json`` (the run's settings), ``training/evaluation.json`` (the final OOD evaluation),
+``training/lock`` (held while a run writes the folder).
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import timm
+import torch
+from torch import nn
+
+from ..conversion import ConversionReport
+from ..hub import _atomic_write
+
+__all__ = ["TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
+           "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
+           "write_json"]
+
+TRAINING_DIR = "training"
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+LOCK_NAME = "lock"
+EVALUATION_NAME = "evaluation.json"
+
+# entries of a training checkpoint that resuming reads, and their types; mid-epoch checkpoints add _MID_EPOCH_ENTRIES
+_RESUME_ENTRIES = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "global_step": int}
+_MID_EPOCH_ENTRIES = {"step_in_epoch": int, "epoch_loss_sum": float, "rng": dict}
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
+
+
+def read_resume_state(path: Path) -> Dict[str, Any]:
+    """The run's checkpoint, checked before anything is built from it; a damaged one is a one-line
+    ``ValueError`` saying how to recover (the file is written atomically, so this means outside damage)."""
+    advice = f"delete {path} to start the run over, or restore it from a backup"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
+        raise ValueError(f"cannot read the checkpoint {path} ({type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0]}); {advice}.") from None
+    problem = resume_state_problem(state)
+    if problem:
+        raise ValueError(f"the checkpoint {path} is damaged: {problem}; {advice}.")
+    return state
+
+
+def resume_state_problem(state: Any) -> Optional[str]:
+    if not isinstance(state, dict):
+        return f"it holds {type(state).__name__}, not a dict"
+    for key, kind in _RESUME_ENTRIES.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return f"entry {key!r} must be {'an integer >= 0' if kind is int else 'a dict'}, got {type(value).__name__}"
+    if state.get("step_in_epoch", 0) != 0:
+        for key, kind in _MID_EPOCH_ENTRIES.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                return f"mid-epoch entry {key!r} must be {kind.__name__}, got {type(value).__name__}"
+    if "architecture" in state:
+        if not isinstance(state["architecture"], str) or not isinstance(state.get("pretrained_cfg"), dict):
+            return "entries 'architecture' (a string) and 'pretrained_cfg' (a dict) have the wrong types"
+        if not timm.is_model(state["architecture"]):
+            return f"it names the architecture {state['architecture']!r}, which this timm / timm-isomax does not know"
+        if not isinstance(state.get("model_kwargs", {}), dict):
+            return "entry 'model_kwargs' must be a dict"
+    return None
+
+
+def resumed_model(state: Dict[str, Any], num_classes: int) -> nn.Module:
+    """The run's model rebuilt from the architecture and preprocessing its checkpoint names (the start
+    model's weights and conversion are not needed: the checkpoint's weights replace them)."""
+    model = timm.create_model(state["architecture"], num_classes=num_classes, **state.get("model_kwargs", {}))
+    model.pretrained_cfg = model.default_cfg = dict(state["pretrained_cfg"])
+    model.conversion = ConversionReport("resumed", f"weights of epoch {state['epoch']} from the run's checkpoint")
+    return model
+
+
+def load_resumed_weights(model: nn.Module, state_dict: Dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights; a mismatch (another architecture or class count) is one line, not
+    torch's multi-line key listing."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(f"the weights in {path} do not fit {model.pretrained_cfg.get('architecture')} with "
+                         f"{model.num_classes} classes ({' '.join(str(error).split())[:300]}); resume with the "
+                         f"run's own dataset and settings, or choose another output folder.") from None
+
+
+def truncate_log(path: Path, completed_epochs: int) -> None:
+    """Keep only the log lines of the epochs the checkpoint holds: a resumed run rewrites the others."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
+    if len(kept) != len(lines):
+        _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))

@@ -81,11 +81,14 @@ def test_an_interrupted_benchmark_continues_mid_run_with_the_same_command(mnist_
 def test_finetune_protocol_smoke_starts_from_the_checkpoint(shared_data, tmp_path):
     rows, run = _smoke("cifar10_finetune_resnet20", shared_data, tmp_path)
     assert run["ood_datasets"] == ["tinyimagenet32", "mnist", "fashion_mnist", "notmnist"]
+    assert list(rows) == ["source", "softmax", "isomax", "isomaxplus"]  # the checkpoint itself is a row
+    assert rows["source"]["accuracy"] == pytest.approx(0.81, abs=0.05)  # 81.0% on all 10,000; here 500 images
     for row in rows.values():  # 1 epoch on 1,000 images from an 81% checkpoint: still a trained model
         assert row["accuracy"] >= 0.6 and row["arch"].startswith("cifar_resnet20")
     summary = summarize([run])
-    assert {"near mean", "far mean"} <= set(summary[0]["metrics"])
-    far = summary[0]["metrics"]["far mean"]["auroc"]["mean"]
+    softmax_msp = next(e for e in summary if (e["head"], e["score"]) == ("softmax", "msp"))
+    assert summary[0]["label"] == "Source (no fine-tune), MSP" and {"near mean", "far mean"} <= set(softmax_msp["metrics"])
+    far = softmax_msp["metrics"]["far mean"]["auroc"]["mean"]
     assert far == pytest.approx(sum(_auroc(rows["softmax"], "msp", o) for o in run["ood_datasets"][1:]) / 3)
 
 
@@ -137,6 +140,15 @@ def test_protocol_files_load_and_shrink(shared_data):
         assert smoke.seeds == protocol.seeds[:1] and smoke.train["epochs"] < protocol.train["epochs"]
         assert smoke.train["train_limit"] <= 2000 and smoke.train["model"] == protocol.train["model"]
         assert missing_inputs(protocol, shared_data) == []
+
+
+def test_ablation_protocols_load_and_differ_from_their_base_in_what_they_say(shared_data):
+    base = load_protocol(PROTOCOLS / "fashion_mnist.json")
+    for path in sorted((PROTOCOLS / "ablations").glob("*.json")):
+        ablation = load_protocol(path)
+        changed = {k for k in set(base.train) | set(ablation.train) if base.train.get(k) != ablation.train.get(k)}
+        assert changed and changed <= {"epochs", "weight_decay", "head_weight_decay"}, (path.name, changed)
+        assert missing_inputs(ablation, shared_data) == []
 
 
 @pytest.mark.parametrize("content, message", [

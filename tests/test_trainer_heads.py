@@ -73,7 +73,7 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
 @pytest.mark.parametrize("extra, message", [
     (["--head", "softmax", "--entropic-scale", "5"], "the entropic scale belongs to the IsoMax losses"),
     (["--head", "softmax", "--score", "mds"], "mds is the IsoMax+ score"),
-    (["--freeze-backbone"], "augmentation would make them stale: add --no-aug"),
+    (["--freeze-backbone"], "which augmentation would make stale: add --no-aug"),
     (["--freeze-backbone", "--no-aug", "--mixup", "0.2"], "mixup and cutmix act on images"),
     (["--feature-cache", "somewhere"], "it needs --freeze-backbone"),
     (["--head", "softmax", "--model", "resnet10t_isomaxplus"], "names an IsoMax architecture but --head is softmax"),
@@ -86,3 +86,25 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
+
+
+def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypatch):
+    from timm_isomax import conversion
+    from timm_isomax.data import load_labelled_splits
+    from timm_isomax.train import build_start_model
+
+    seen = []
+    real = conversion.class_mean_prototypes
+
+    def spy(backbone, batches, *args, **kwargs):
+        batches = list(batches)
+        seen.append(tuple(batches[0][0].shape[1:]))
+        return real(backbone, batches, *args, **kwargs)
+
+    monkeypatch.setattr(conversion, "class_mean_prototypes", spy)
+    cfg = TrainConfig(model="cifar_resnet20", head="isomax", img_size=40, dataset=str(shared_data / "cifar10"),
+                      checkpoint=str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
+                      key_map="akamaster-cifar-resnet", train_limit=64, workers=0, output="unused")
+    splits = load_labelled_splits(cfg.dataset, train_limit=64, val_limit=8)
+    model = build_start_model(cfg, splits.num_classes, splits.train)
+    assert model.conversion.method == "class_means" and seen == [(3, 40, 40)]  # not the model's native 32 px

@@ -45,11 +45,11 @@ from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
            "markdown_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
-_HEAD_LABELS = {"softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+"}
+_HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+"}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS"}
 # How each (head, score) pair is named in tables and plots.
 SCORE_LABELS: Dict[Tuple[str, str], str] = {(head, score): f"{_HEAD_LABELS[head]}, {label}"
-                                            for head in HEADS for score, label in _SCORE_LABELS.items()}
+                                            for head in _HEAD_LABELS for score, label in _SCORE_LABELS.items()}
 # The metrics of the full per-protocol table, in column order (FPR@95 and TNR@95 take ID as positive).
 TABLE_METRICS = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out")
 _METRIC_HEADERS = {"auroc": "AUROC", "tnr_at_95_tpr": "TNR@95", "fpr_at_95_tpr": "FPR@95", "aupr_in": "AUPR-in",
@@ -73,6 +73,7 @@ class BenchmarkProtocol:
     ood_groups: Dict[str, List[str]] = field(default_factory=dict)
     heads: Tuple[str, ...] = HEADS
     seeds: Tuple[int, ...] = (0, 1, 2)
+    source_row: bool = False
     description: str = ""
     smoke: Dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -242,6 +243,30 @@ def _row(cfg: TrainConfig) -> Dict[str, Any]:
     return row
 
 
+def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: torch.device) -> Dict[str, Any]:
+    """The start checkpoint itself, not fine-tuned, scored with the SoftMax scores on the same test and OOD
+    sets (computed once per protocol, kept in ``<output>/<protocol>/source.json``)."""
+    from .conversion import load_softmax_model
+    from .evaluation import evaluate_model, load_eval_set
+    from .train.config import HEAD_SCORES
+
+    path = output / protocol.name / "source.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = _train_config(protocol, "softmax", 0, data_root, Path("."), None)
+    model = load_softmax_model(cfg.model, cfg.checkpoint, cfg.key_map).eval()
+    limit = cfg.val_limit
+    evaluation = evaluate_model(model, load_eval_set(cfg.dataset, protocol.test_split, limit),
+                                [load_eval_set(d, cfg.ood_split, limit) for d in cfg.ood_datasets],
+                                list(HEAD_SCORES["softmax"]), device=device)
+    metrics = {score: {name: values for name, values in per_set.items() if name != "mean"}
+               for score, per_set in evaluation.metrics.items()}
+    row = dict(head="source", arch=evaluation.architecture, accuracy=evaluation.accuracy, metrics=metrics,
+               checkpoint=protocol.train.get("checkpoint"))
+    _write(path, row)
+    return row
+
+
 def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[str, TrainConfig], rounds: int,
                         device: torch.device) -> None:
     import timm
@@ -254,7 +279,8 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
     batch = torch.stack([test[i][0] for i in range(len(test))])
     rates = inference_throughput(models, batch, rounds, device)
     for row in run["rows"]:
-        row["throughput"] = rates[row["head"]]
+        if row["head"] in rates:
+            row["throughput"] = rates[row["head"]]
 
 
 def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]] = None,
@@ -277,6 +303,8 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
     for seed in protocol.seeds:
         path = _seed_file(output, protocol, seed)
         run = _read_seed_file(path, protocol) or dict(protocol=protocol.to_json(), seed=seed, rows=[])
+        if protocol.source_row and not any(row["head"] == "source" for row in run["rows"]):
+            run["rows"].insert(0, _source_row(protocol, data_root, output, device))
         configs = {head: _train_config(protocol, head, seed, data_root, runs,
                                        Path(feature_cache) if feature_cache else None) for head in protocol.heads}
         for head in protocol.heads:
@@ -295,8 +323,9 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
             _write(path, run)
             log(f"{protocol.name} seed {seed} {head}: accuracy {100 * row['accuracy']:.2f}% "
                 f"({row['train_seconds']:.0f} s of training)")
-        run["rows"].sort(key=lambda row: protocol.heads.index(row["head"]))
-        if throughput_rounds > 0 and not all("throughput" in row for row in run["rows"]):
+        order = ("source", *protocol.heads)
+        run["rows"].sort(key=lambda row: order.index(row["head"]))
+        if throughput_rounds > 0 and not all("throughput" in row for row in run["rows"] if row["head"] != "source"):
             _measure_throughput(run, protocol, configs, throughput_rounds, device)
             _write(path, run)
         results.append(run)
@@ -349,7 +378,7 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
         protocol_runs = sorted(protocol_runs, key=lambda run: run["seed"])
         definition = protocol_runs[0]["protocol"]
         groups = definition.get("ood_groups", {})
-        for head in definition["heads"]:
+        for head in ("source", *definition["heads"]):
             pairs = [(run, row) for run in protocol_runs for row in run["rows"] if row["head"] == head]
             if not pairs:
                 continue

@@ -47,10 +47,12 @@ def frozen_parts(model: nn.Module) -> Tuple[Extractor, nn.Module]:
 
 
 def backbone_fingerprint(model: nn.Module, head: nn.Module) -> str:
-    """A hash of ``model``'s parameters and buffers outside ``head`` (names, shapes, dtypes, values)."""
+    """A hash of ``model``'s parameters and buffers outside ``head`` (names, shapes, dtypes, values), named as
+    in the base model: a SoftMax model and its IsoMax conversion share their backbone, so its features too."""
     digest = hashlib.sha256()
     head_ids = {id(p) for p in head.parameters()}
-    for name, tensor in model.state_dict(keep_vars=True).items():
+    source = model.backbone if isinstance(model, IsoMaxClassifier) else model
+    for name, tensor in source.state_dict(keep_vars=True).items():
         if id(tensor) in head_ids:
             continue
         value = tensor.detach().cpu().contiguous()

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from ..conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
-from ..data import dataset_for_model
+from ..data import dataset_for_model, model_in_chans
 from ..model import IsoMaxClassifier
 from ..registry import base_architecture, closest_models_hint
 from .config import TrainConfig
 
-__all__ = ["build_start_model", "model_kwargs"]
+__all__ = ["build_start_model", "model_kwargs", "data_config_overrides"]
 
 # Class-mean prototypes use at most this many training images (eval transform).
 CLASS_MEAN_IMAGES = 5000
@@ -21,6 +21,17 @@ CLASS_MEAN_IMAGES = 5000
 def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
     """Construction arguments the config adds to the architecture's (recorded in checkpoints)."""
     return {"in_chans": cfg.in_chans} if cfg.in_chans is not None else {}
+
+
+def data_config_overrides(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
+    """The preprocessing the config sets over the model's own data config (size, mean, std, interpolation)."""
+    overrides: Dict[str, Any] = {}
+    if cfg.img_size:
+        overrides["input_size"] = (model_in_chans(model), cfg.img_size, cfg.img_size)
+    for key in ("mean", "std", "interpolation"):
+        if getattr(cfg, key) is not None:
+            overrides[key] = getattr(cfg, key)
+    return overrides
 
 
 def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Module:
@@ -44,8 +55,9 @@ def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Mod
     kwargs = model_kwargs(cfg)
 
     def class_mean_batches(model: nn.Module):
+        # the run's own preprocessing: features at another image size would give other class means
         subset = dataset_for_model(model, train_split, limit=CLASS_MEAN_IMAGES, image_column=cfg.image_column,
-                                   label_column=cfg.label_column)
+                                   label_column=cfg.label_column, data_config=data_config_overrides(cfg, model))
         return torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, num_workers=cfg.workers)
 
     if cfg.from_scratch:

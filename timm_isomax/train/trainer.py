@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_labelled_splits, model_data_config, model_in_chans
+from ..data import dataset_for_model, load_labelled_splits, model_data_config
 from ..hub import save_pretrained
 from ..metrics import TPR_LEVEL
 from ..model import IsoMaxClassifier
@@ -21,7 +21,7 @@ from .loop import EpochProgress, train_epoch
 from .optim import classifier_of, make_optimization
 from .rng import PerImageSeeds, SkipFirst, epoch_seed, rng_states, seed_everything, set_rng_states
 from .runtime import Runtime, StopRequest, output_lock, setup_runtime
-from .start_model import build_start_model, model_kwargs
+from .start_model import build_start_model, data_config_overrides, model_kwargs
 from .state import (CHECKPOINT_NAME, EVALUATION_NAME, LOG_NAME, TRAINING_DIR, load_resumed_weights, read_resume_state,
                     resumed_model, save_checkpoint, truncate_log, write_json)
 
@@ -40,16 +40,6 @@ def train(cfg: TrainConfig) -> Path:
     output = Path(cfg.output)
     with output_lock(output / TRAINING_DIR, runtime.is_main):
         return _run(cfg, runtime, output)
-
-
-def _data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
-    overrides: Dict[str, Any] = {}
-    if cfg.img_size:
-        overrides["input_size"] = (model_in_chans(model), cfg.img_size, cfg.img_size)
-    for key in ("mean", "std", "interpolation"):
-        if getattr(cfg, key) is not None:
-            overrides[key] = getattr(cfg, key)
-    return overrides
 
 
 def _train_transform(cfg: TrainConfig) -> Dict[str, Any]:
@@ -104,7 +94,7 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
         model.update_ood_config(score=cfg.score, threshold=None)
     classifier = classifier_of(model)
 
-    data_config = _data_config(cfg, model)
+    data_config = data_config_overrides(cfg, model)
     train_set, val_set = splits.for_model(model, _train_transform(cfg), data_config)
     ood_sets = {_ood_name(source): dataset_for_model(model, source, split=cfg.ood_split, limit=cfg.val_limit,
                                                      data_config=data_config, skip_undecodable=True)

@@ -108,3 +108,21 @@ def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypat
     splits = load_labelled_splits(cfg.dataset, train_limit=64, val_limit=8)
     model = build_start_model(cfg, splits.num_classes, splits.train)
     assert model.conversion.method == "class_means" and seen == [(3, 40, 40)]  # not the model's native 32 px
+
+
+def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
+    base = ["--model", "resnet10t", "--from-scratch", "--head", "softmax", "--dataset", "sklearn-digits", "--img-size",
+            "32", "--no-aug", "--workers", "0", "--epochs", "1", "--train-limit", "128", "--batch-size", "32",
+            "--no-progress", "--output", str(tmp_path / "run")]
+    first = subprocess.run([sys.executable, str(SCRIPT), *base], capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-1500:]
+    record = (tmp_path / "run" / "training" / "config.json").read_text()
+    changed = subprocess.run([sys.executable, str(SCRIPT), *base, "--resume", "--lr", "0.5", "--epochs", "2"],
+                             capture_output=True, text=True, cwd=REPO)
+    assert changed.returncode == 2 and "holds a run made with other settings (epochs: 1 -> 2, lr: 0.01 -> 0.5)" \
+        in changed.stderr, changed.stderr[-1500:]
+    assert changed.stderr.strip().count("\n") == 0
+    assert (tmp_path / "run" / "training" / "config.json").read_text() == record  # the record is kept
+    same = subprocess.run([sys.executable, str(SCRIPT), *base, "--resume", "--workers", "1"], capture_output=True,
+                          text=True, cwd=REPO)  # where it runs may change
+    assert same.returncode == 0, same.stderr[-1500:]

@@ -83,6 +83,8 @@ class BenchmarkProtocol:
         data = dataclasses.asdict(self)
         for key in ("seeds", "smoke", "description"):
             data.pop(key)
+        if not data["source_row"]:  # a field added later: definitions without it stay the same definitions
+            data.pop("source_row")
         return json.loads(json.dumps(data))  # tuples as lists, as read back from a file
 
 
@@ -218,18 +220,6 @@ def _read_seed_file(path: Path, protocol: BenchmarkProtocol) -> Optional[Dict]:
     return run
 
 
-def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("resume", "progress", "workers", "device")}
-
-
-def _check_run_folder(cfg: TrainConfig) -> None:
-    """A run folder left by another definition of the protocol is refused: resuming it would mix settings."""
-    saved = Path(cfg.output) / TRAINING_DIR / "config.json"
-    if saved.exists() and _comparable(json.loads(saved.read_text())) != _comparable(cfg.to_json()):
-        raise ValueError(f"{saved.parent.parent} holds a run made with other settings than this protocol's; "
-                         f"delete that folder (or pass another --runs) to train it anew.")
-
-
 def _row(cfg: TrainConfig) -> Dict[str, Any]:
     """The finished run's result row: its final evaluation plus what the log says about training."""
     folder = Path(cfg.output)
@@ -311,7 +301,6 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
             if any(row["head"] == head for row in run["rows"]):
                 continue
             cfg = configs[head]
-            _check_run_folder(cfg)
             start = time.perf_counter()
             log(f"{protocol.name} seed {seed}: training {head} into {cfg.output}")
             train(dataclasses.replace(cfg, device=str(device)))

@@ -16,7 +16,7 @@ from torch import nn
 from ..conversion import ConversionReport
 from ..hub import _atomic_write
 
-__all__ = ["TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
+__all__ = ["check_resumed_settings", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
            "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
            "write_json"]
 
@@ -37,6 +37,28 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
+
+
+# Settings a resumed run may change: where and how visibly it runs, not what it trains.
+RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every")
+SETTINGS_NAME = "config.json"
+
+
+def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings than it was made with (another dataset, learning rate,
+    epoch count, ...): the checkpoint would silently continue under a mix of both, and the record of what
+    the model was trained on would be lost. A one-line ``ValueError`` names the differences."""
+    path = training_dir / SETTINGS_NAME
+    if not path.exists():
+        return  # checkpoints of runs older than this record
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in set(saved) | set(settings)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({shown}"
+                         f"{', ...' if len(changed) > 4 else ''}); resume it with its own settings (see {path}), "
+                         f"or choose another output folder for the new ones.")
 
 
 def read_resume_state(path: Path) -> Dict[str, Any]:

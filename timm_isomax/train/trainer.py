@@ -22,7 +22,7 @@ from .optim import classifier_of, make_optimization
 from .rng import PerImageSeeds, SkipFirst, epoch_seed, rng_states, seed_everything, set_rng_states
 from .runtime import Runtime, StopRequest, output_lock, setup_runtime
 from .start_model import build_start_model, data_config_overrides, model_kwargs
-from .state import (CHECKPOINT_NAME, EVALUATION_NAME, LOG_NAME, TRAINING_DIR, load_resumed_weights, read_resume_state,
+from .state import (CHECKPOINT_NAME, check_resumed_settings, EVALUATION_NAME, LOG_NAME, TRAINING_DIR, load_resumed_weights, read_resume_state,
                     resumed_model, save_checkpoint, truncate_log, write_json)
 
 __all__ = ["train"]
@@ -77,6 +77,8 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
     if checkpoint_path.exists() and not cfg.resume:
         raise FileExistsError(f"{output} already holds a run (its checkpoint {checkpoint_path}); pass resume=True "
                               f"(--resume) to continue it, or choose another output folder.")
+    if cfg.resume and checkpoint_path.exists():
+        check_resumed_settings(training_dir, cfg.to_json())
     seed_everything(cfg.seed)
     splits = load_labelled_splits(cfg.dataset, cfg.train_split, cfg.val_split, cfg.image_column, cfg.label_column,
                                   cfg.train_limit, cfg.val_limit)

@@ -129,3 +129,16 @@ def _copy(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_the_source_stays_a_softmax_classifier_unless_asked_to_share(resnet20, cifar_batch):
+    images, _ = cifar_batch
+    source = _copy(resnet20).eval()
+    with torch.no_grad():
+        before = source(images)
+    converted = convert_softmax_model(source)
+    with torch.no_grad():
+        assert torch.equal(source(images), before)  # still (B, 10) logits: a side-by-side comparison is valid
+    assert converted.backbone is not source
+    shared = convert_softmax_model(source, copy=False)
+    assert shared.backbone is source and source.num_classes == 0  # documented: the classifier is gone

@@ -125,3 +125,9 @@ def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path
         _finetune_data(tmp_path / "e", mnist, mnist.select([]))
     with pytest.raises(ValueError, match=r"column 'label' holds Value\(string\).*class_encode_column"):
         tdata.find_columns(mnist.cast_column("label", datasets.Value("string")), label_column="label")
+
+
+def test_a_train_limit_that_keeps_some_classes_only_warns(mnist, tmp_path):
+    by_class = mnist.sort("label")  # like an image folder: rows sorted by class
+    with pytest.warns(UserWarning, match=r"train_limit 4 keeps the first 4 rows .* only 2 of its 10 classes"):  # 20 rows: classes 0 and 1 come first
+        _finetune_data(tmp_path / "sorted", by_class, mnist, train_limit=4)

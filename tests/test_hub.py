@@ -236,3 +236,20 @@ def test_create_model_names_the_missing_import_for_unknown_saved_architectures(s
     (folder / CONFIG_NAME).write_text(json.dumps({**config, "architecture": "myarch_isomaxplus"}))
     with pytest.raises(ValueError, match="import timm_isomax"):
         timm_isomax.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_written_files_follow_the_umask_not_the_private_temporary_mode(tmp_path):
+    import os
+    import stat
+
+    from timm_isomax.hub import _atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        _atomic_write(tmp_path / "shared.json", lambda tmp: Path(tmp).write_text("{}"))
+        assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644  # was 0o600
+        os.umask(0o077)
+        _atomic_write(tmp_path / "private.json", lambda tmp: Path(tmp).write_text("{}"))
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

@@ -77,6 +77,8 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     (["--freeze-backbone", "--no-aug", "--mixup", "0.2"], "mixup and cutmix act on images"),
     (["--feature-cache", "somewhere"], "it needs --freeze-backbone"),
     (["--head", "softmax", "--model", "resnet10t_isomaxplus"], "names an IsoMax architecture but --head is softmax"),
+    (["--img-size", "0"], "img_size must be a positive number of pixels, got 0"),
+    (["--opt", "adamww"], "unknown optimizer 'adamww'; did you mean adamw"),
 ])
 def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path):
     args = ["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "out"), *extra]
@@ -86,6 +88,14 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
+
+
+def test_an_output_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    result = subprocess.run([sys.executable, str(SCRIPT), "--model", "resnet10t", "--dataset", "sklearn-digits",
+                             "--output", str(tmp_path / "taken")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
 
 
 def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypatch):

@@ -7,6 +7,7 @@ is checked numerically on the loaded model, not assumed from its type. Elsewhere
 MLP heads, another class count) the prototypes are the class means of the training features when data is
 given, else the head starts fresh. :class:`ConversionReport` says which happened and why.
 """
+import copy as copy_module
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Tuple
@@ -109,15 +110,18 @@ def class_mean_prototypes(backbone: nn.Module, batches: Iterable, num_classes: i
 
 def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, head_type: str = "isomaxplus",
                           data: Optional[Iterable] = None, distance_mode: str = "matmul",
-                          ood_config: Optional[dict] = None) -> IsoMaxClassifier:
+                          ood_config: Optional[dict] = None, copy: bool = True) -> IsoMaxClassifier:
     """Convert a timm SoftMax model (in memory, weights loaded) into an IsoMax+ (or IsoMax) model.
 
     Args:
-        model: a timm classification model; its backbone is reused (not copied).
+        model: a timm classification model; it stays a working SoftMax classifier (the conversion works on a
+            copy), so the source and its conversion can be compared side by side.
         num_classes: classes of the new head (default: the source's).
         head_type: ``"isomaxplus"`` (default) or ``"isomax"``.
         data: batches of ``(images, labels)`` for class-mean prototypes where the classifier cannot be used.
         distance_mode, ood_config: as for :class:`IsoMaxClassifier`.
+        copy: ``False`` reuses ``model``'s backbone instead of copying it (no second copy of the weights in
+            memory), which removes ``model``'s classifier: ``model(x)`` then returns pre-logit features.
 
     Returns:
         The IsoMax model; ``model.conversion`` is a :class:`ConversionReport`.
@@ -132,6 +136,8 @@ def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, h
         raise ValueError("the model already has an IsoMax head; convert_softmax_model takes SoftMax models.")
     if head_type not in HEAD_TYPES:
         raise ValueError(f"head_type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
+    if copy:
+        model = copy_module.deepcopy(model)
     linear, reason = linear_classifier(model)
     source_classes = model.num_classes
     num_classes = num_classes or source_classes

@@ -545,6 +545,12 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     label_feature = train.features[label_column]
     num_classes = getattr(label_feature, "num_classes", None) or _count_classes(train[label_column])
     label_names = list(getattr(label_feature, "names", [])) or None
+    if train_limit and train_limit < len(all_splits[train_split]):
+        present = len({y for y in train[label_column] if y is not None})
+        if present < num_classes:  # e.g. an image folder, whose rows come sorted by class
+            warnings.warn(f"train_limit {train_limit} keeps the first {len(train)} rows of {source!r}, which hold only "
+                          f"{present} of its {num_classes} classes (are its rows sorted by class?); shuffle the "
+                          f"dataset first, or raise the limit.", stacklevel=2)
     train, _ = drop_undecodable_images(train, image_column, name=f"split {train_split!r} of {source!r}")
     val, _ = drop_undecodable_images(val, image_column, name=f"split {val_split!r} of {source!r}")
     for name, split in ((train_split, train), (val_split, val)):

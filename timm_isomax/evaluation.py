@@ -10,7 +10,6 @@ Example:
     >>> results = evaluate_models(["local-dir:out/resnet10t_isomaxplus"], id_set, ood_sets)
     >>> print(format_table(results, id_set, ood_sets))
 """
-import copy
 import csv
 import json
 from dataclasses import dataclass, field
@@ -258,7 +257,7 @@ def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[
 
     softmax.eval()
     source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **kwargs)
-    converted_model = convert_softmax_model(copy.deepcopy(softmax)).eval()
+    converted_model = convert_softmax_model(softmax).eval()
     converted = evaluate_model(converted_model, id_set, ood_sets, name=f"{name}_isomaxplus (zero-shot)", **kwargs)
     return source, converted, converted_model
 

@@ -57,6 +57,11 @@ def _atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(tmp)
+        # mkstemp's file is private (0600); the target gets what a plain open() would give it under the
+        # umask, so a shared model folder stays readable by others
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -367,7 +367,7 @@ def _from_softmax_weights(base_arch: str, num_classes: int, source_classes: Opti
     prototypes when the class count is the source's, else start a fresh head on the pretrained backbone."""
     if num_classes == source_classes:
         softmax = timm.create_model(base_arch, pretrained=True, num_classes=num_classes, **create_kwargs)
-        return convert_softmax_model(softmax, num_classes, **wrapper_kwargs)
+        return convert_softmax_model(softmax, num_classes, copy=False, **wrapper_kwargs)
     backbone = timm.create_model(base_arch, pretrained=True, num_classes=0, **create_kwargs)
     model = IsoMaxClassifier(backbone, num_classes, **wrapper_kwargs)
     model.conversion = ConversionReport("fresh", f"fresh head: {num_classes} classes asked, the weights have {source_classes}")

@@ -23,6 +23,21 @@ HEAD_SCORES: Dict[str, Tuple[str, ...]] = {
 ENTROPIC_SCALE = 10.0
 
 
+def _optimizer_problem(name: str) -> Optional[str]:
+    import difflib
+
+    import timm.optim
+
+    known = timm.optim.list_optimizers()
+    base = name.lower()
+    base = base[len("lookahead_"):] if base.startswith("lookahead_") else base  # timm's Lookahead wrapper
+    if base in known:
+        return None
+    close = difflib.get_close_matches(base, known, n=3)
+    return (f"unknown optimizer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + " (timm.optim.list_optimizers() lists them).")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run; the ``timm-isomax finetune`` / ``scripts/finetune.py`` flags map onto these fields.
@@ -108,6 +123,11 @@ class TrainConfig:
             return f"need batch_size >= 1 and lr > 0, got {self.batch_size}, {self.lr}."
         if self.checkpoint_every < 0 or self.ood_eval_every < 0:
             return "checkpoint_every and ood_eval_every must be >= 0 (0: at epoch ends only / at the end only)."
+        if self.img_size is not None and self.img_size < 1:
+            return f"img_size must be a positive number of pixels, got {self.img_size} (leave it out for the model's own)."
+        optimizer_problem = _optimizer_problem(self.opt)
+        if optimizer_problem:
+            return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:
             return f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}."
         if self.in_chans is not None and self.in_chans not in (1, 3):

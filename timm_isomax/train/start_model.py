@@ -87,4 +87,4 @@ def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Mod
             start.conversion = ConversionReport("loaded", "SoftMax model loaded as saved")
         return start
     data = class_mean_batches(start) if start.num_classes != num_classes or head != "isomaxplus" else None
-    return convert_softmax_model(start, num_classes, head_type=head, data=data)
+    return convert_softmax_model(start, num_classes, head_type=head, data=data, copy=False)

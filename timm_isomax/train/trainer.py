@@ -36,8 +36,10 @@ def train(cfg: TrainConfig) -> Path:
         ...                   key_map="akamaster-cifar-resnet", dataset="../shared/data/cifar10",
         ...                   output="out/cifar_resnet20_isomaxplus", epochs=3))
     """
-    runtime = setup_runtime(cfg.device)
     output = Path(cfg.output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} is a file, not a folder; name a new or existing folder.")
+    runtime = setup_runtime(cfg.device)
     with output_lock(output / TRAINING_DIR, runtime.is_main):
         return _run(cfg, runtime, output)
 

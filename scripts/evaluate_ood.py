@@ -45,6 +45,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="use the first N images of each set")
     p.add_argument("--output", default="ood_eval", help="folder for results.json, results.csv and the PNGs")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p.parse_args(argv)
 
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> None:
     id_set = load_eval_set(args.id_dataset, args.id_split, args.limit)
     ood_sets = [load_eval_set(source, split, args.limit) for source, split in zip(args.ood_dataset, _ood_splits(args))]
     evaluations = evaluate_models(args.model, id_set, ood_sets, pretrained=args.pretrained, score_names=args.score,
-                                  batch_size=args.batch_size, device=args.device, amp=args.amp, workers=args.workers)
+                                  batch_size=args.batch_size, device=args.device, amp=args.amp, workers=args.workers,
+                                  progress=args.progress)
     print(format_table(evaluations, id_set, ood_sets))
     paths = write_results(evaluations, id_set, ood_sets, args.output, settings=vars(args))
     if not args.no_plots:

@@ -126,7 +126,7 @@ def test_summarize_takes_mean_and_sample_std_over_seeds_and_group_means():
     assert mds["seconds"] == 120.0
     table = markdown_table(summary)
     assert "| IsoMax+, MDS | **92.00 ± 2.00** | **90.00 ± 10.00** |" in table and "| 99 (0.99x) |" in table
-    assert "3 min of training in all" in table
+    assert "3 min of training epochs" in table
     lower_is_better = markdown_table(summary, metrics=("fpr_at_95_tpr",))
     assert "**50.00 ± 0.00**" in lower_is_better
 

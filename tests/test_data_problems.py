@@ -131,3 +131,19 @@ def test_a_train_limit_that_keeps_some_classes_only_warns(mnist, tmp_path):
     by_class = mnist.sort("label")  # like an image folder: rows sorted by class
     with pytest.warns(UserWarning, match=r"train_limit 4 keeps the first 4 rows .* only 2 of its 10 classes"):  # 20 rows: classes 0 and 1 come first
         _finetune_data(tmp_path / "sorted", by_class, mnist, train_limit=4)
+
+
+def test_column_detection_names_the_real_cause(mnist, tmp_path):
+    import pyarrow.parquet as pq
+
+    strings = mnist.cast_column("label", datasets.Value("string"))
+    with pytest.raises(ValueError, match=r"column 'label' holds Value\(string\).*class_encode_column"):
+        _finetune_data(tmp_path / "strings", strings, strings)  # was: "has no label column"
+    folder = tmp_path / "plain"  # Parquet written by plain pyarrow: image as a {bytes, path} struct, no metadata
+    folder.mkdir()
+    table = mnist.cast_column("image", datasets.Image(decode=False)).data.table.replace_schema_metadata(None)
+    pq.write_table(table, str(folder / "test.parquet"))
+    plain = tdata.load_image_dataset(str(folder), split="test")
+    assert isinstance(plain.features["image"], datasets.Image) and plain[0]["image"].size == (28, 28)
+    with pytest.raises(ValueError, match=r"no image column .*\(label: ClassLabel\); pass image_column \(--image-column\)"):
+        tdata.find_columns(mnist.remove_columns("image"))

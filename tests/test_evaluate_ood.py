@@ -116,3 +116,15 @@ def test_model_folders_and_channel_counts_are_resolved(models):
     assert config["input_size"][0] == 1 and len(config["mean"]) == len(config["std"]) == 1
     saved = model_data_config(timm.create_model(f"local-dir:{models['isomaxplus']}", pretrained=True))
     assert (saved["input_size"], saved["mean"], saved["interpolation"]) == ((1, 32, 32), (0.5,), "bilinear")
+
+
+def test_evaluation_warns_about_sets_that_give_numbers_without_meaning(models, shared_data):
+    from timm_isomax.evaluation import check_eval_sets, load_eval_set, load_model
+
+    model = load_model(f"local-dir:{models['isomaxplus']}")
+    mnist = load_eval_set(str(shared_data / "mnist"), "test", limit=200)
+    assert check_eval_sets(model, mnist, [load_eval_set(str(shared_data / "notmnist"), "test", limit=200)]) == []
+    with pytest.warns(UserWarning, match="shares 200 images with the ID set"):
+        check_eval_sets(model, mnist, [load_eval_set(str(shared_data / "mnist"), "test", limit=200, name="again")])
+    with pytest.warns(UserWarning, match=r"names its classes otherwise than the model does \(first difference at index 0"):
+        check_eval_sets(model, load_eval_set(str(shared_data / "fashion_mnist"), "test", limit=50), [])

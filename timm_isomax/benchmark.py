@@ -388,8 +388,9 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     ood_datasets=oods, columns=columns, train=definition["train"],
                     hardware=pairs[0][0].get("hardware", ""),
                     seconds=sum(row.get("train_seconds", 0.0) for row in rows),
+                    wall_seconds=sum(row.get("wall_seconds", 0.0) for row in rows),
                     accuracy=_mean_std([row["accuracy"] for row in rows]),
-                    throughput=_mean_std([row["throughput"] for row in rows]) if ratios else None,
+                    throughput=_mean_std([row["throughput"] for row in rows if "throughput" in row]) if ratios else None,
                     throughput_ratio=_mean_std(ratios) if ratios else None,
                     distance_scale=_mean_std([row["distance_scale"] for row in rows])
                     if all("distance_scale" in row for row in rows) else None,
@@ -442,8 +443,10 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),
             lines.append("| " + " | ".join(cells) + " |")
         first = entries[0]
         seeds = sorted({seed for e in entries for seed in e["seeds"]})
-        seconds = sum(e["seconds"] for e in {e["head"]: e for e in entries}.values())  # one entry per head
+        per_head = {e["head"]: e for e in entries}.values()  # one entry per head
+        seconds, wall = sum(e["seconds"] for e in per_head), sum(e.get("wall_seconds", 0.0) for e in per_head)
         lines.append(f"\n{name}: ID {first['id_dataset']}; {_recipe_line(first)}; seeds {', '.join(map(str, seeds))}; "
-                     f"{first['hardware']}; {seconds / 60:.0f} min of training in all.")
+                     f"{first['hardware']}; {seconds / 60:.0f} min of training epochs, {wall / 60:.0f} min of runs "
+                     f"(start model, features, evaluation included) in all.")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -100,11 +100,29 @@ def load_image_dataset(
                 f"Hub id failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
                 f"Check the path, or the id and your network / HF_HUB_OFFLINE setting."
             ) from None
+    splits = datasets.DatasetDict({name: _images_from_structs(split_) for name, split_ in splits.items()})
     if split is None:
         return splits
     if split not in splits:
         raise ValueError(f"dataset {source!r} has no split {split!r}; its splits are {sorted(splits)}.")
     return splits[split]
+
+
+def _is_image_struct(feature: Any) -> bool:
+    # what plain pyarrow writes for an image (no Hugging Face feature metadata): a {bytes, path} struct
+    return isinstance(feature, dict) and set(feature) == {"bytes", "path"} and getattr(
+        feature["bytes"], "dtype", None) in ("binary", "large_binary")
+
+
+def _images_from_structs(dataset: datasets.Dataset) -> datasets.Dataset:
+    for name, feature in dataset.features.items():
+        if _is_image_struct(feature):
+            dataset = dataset.cast_column(name, datasets.Image())
+    return dataset
+
+
+def _column_types(dataset: datasets.Dataset) -> str:
+    return ", ".join(f"{name}: {_feature_name(f)}" for name, f in dataset.features.items())
 
 
 def find_columns(
@@ -126,7 +144,8 @@ def find_columns(
     if image_column is None:
         image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
         if not image_columns:
-            raise ValueError(f"no image column found among {list(features)}; pass image_column=...")
+            raise ValueError(f"no image column (a datasets.Image feature) among the columns ({_column_types(dataset)}); "
+                             f"pass image_column (--image-column) naming one, cast to datasets.Image().")
         image_column = image_columns[0]
     if label_column is None:
         class_labels = [name for name, f in features.items() if isinstance(f, datasets.ClassLabel)]
@@ -532,7 +551,11 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     train, val = all_splits[train_split], all_splits[val_split]
     image_column, label_column = find_columns(train, image_column, label_column)
     if label_column is None:
-        raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'); "
+        for name in ("label", "labels"):
+            if name in train.features:  # a label column of the wrong type: say so, not "no label column"
+                _check_column(train, name, "label")
+        raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'; its columns: "
+                         f"{_column_types(train)}); "
                          f"training needs labels: pass label_column (--label-column).")
     find_columns(val, image_column, label_column)  # the validation split needs the same columns
     if train_limit:

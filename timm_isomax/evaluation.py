@@ -11,7 +11,9 @@ Example:
     >>> print(format_table(results, id_set, ood_sets))
 """
 import csv
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -137,13 +139,48 @@ def default_score_names(model: nn.Module) -> List[str]:
     return list(HEAD_SCORES["softmax"])
 
 
+def _image_digests(eval_set: EvalSet) -> set:
+    column = find_columns(eval_set.dataset)[0]
+    raw = eval_set.dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    return {hashlib.sha1(row[column]["bytes"] or b"").hexdigest() for row in raw if row[column] is not None}
+
+
+def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> List[str]:
+    """Warnings (also issued) about sets that would give a number without meaning: ID class names other
+    than the model's (the accuracy compares other classes), OOD sets that share images with the ID set
+    (AUROC tends to 50 on the shared part)."""
+    problems = []
+    model_names = list(getattr(model, "pretrained_cfg", {}).get("label_names") or [])
+    _, label_column = find_columns(id_set.dataset)
+    id_names = list(getattr(id_set.dataset.features.get(label_column), "names", []) or []) if label_column else []
+    if model_names and id_names and model_names != id_names:
+        differ = next(i for i in range(min(len(model_names), len(id_names)) + 1)
+                      if i == min(len(model_names), len(id_names)) or model_names[i] != id_names[i])
+        problems.append(f"the ID set {id_set.name} names its classes otherwise than the model does (first difference at "
+                        f"index {differ}: {id_names[differ:differ + 1]} vs {model_names[differ:differ + 1]}; "
+                        f"{len(id_names)} vs {len(model_names)} classes): its accuracy compares other classes.")
+    id_digests = _image_digests(id_set) if ood_sets else set()
+    for ood in ood_sets:
+        shared = len(id_digests & _image_digests(ood))
+        if shared:
+            problems.append(f"the OOD set {ood.name} shares {shared} images with the ID set {id_set.name}: those "
+                            f"cannot be told apart, so its AUROC says little; use a disjoint OOD set.")
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    return problems
+
+
 def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
-                   amp: bool = False, workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                   amp: bool = False, workers: int = 0, progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and labels (N,; -1 = no label) of ``model`` on ``eval_set``, preprocessed
     with the model's own data config; ``amp``: autocast (``timm_isomax.engine.amp_dtype``)."""
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset_for_model(model, eval_set.dataset), batch_size=batch_size,
                                          num_workers=workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"{eval_set.name} ({len(eval_set.dataset)} images)", unit="batch", leave=False)
     return predict(model.to(device), loader, device, amp=amp)
 
 
@@ -183,7 +220,8 @@ class ModelEvaluation:
 
 def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet], score_names: Optional[Sequence[str]] = None,
                    name: Optional[str] = None, source: Optional[str] = None, batch_size: int = 256,
-                   device: Union[str, torch.device] = "cpu", amp: bool = False, workers: int = 0) -> ModelEvaluation:
+                   device: Union[str, torch.device] = "cpu", amp: bool = False, workers: int = 0,
+                   progress: bool = False) -> ModelEvaluation:
     """Accuracy on ``id_set`` (where it has labels in the model's label space) and every metric of
     :func:`timm_isomax.metrics.ood_metrics` per score and OOD set, plus the macro mean.
 
@@ -196,7 +234,8 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
     """
     score_names = list(score_names or default_score_names(model))
     score_fns = {score: get_score(score) for score in score_names}
-    kwargs = dict(batch_size=batch_size, device=device, amp=amp, workers=workers)
+    check_eval_sets(model, id_set, ood_sets)
+    kwargs = dict(batch_size=batch_size, device=device, amp=amp, workers=workers, progress=progress)
     id_logits, id_labels = compute_logits(model, id_set, **kwargs)
     ood_logits = {ood.name: compute_logits(model, ood, **kwargs)[0] for ood in ood_sets}
     id_scores = {score: fn(id_logits).numpy() for score, fn in score_fns.items()}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The trainer's loop (timm_isomax.train, behind scripts/finetune.py) against a minimal plain-PyTorch
+"""The trainer's loop (timm_isomax.train, behind `timm-isomax finetune`) against a minimal plain-PyTorch
 loop on the same model, data, transform, batch size and loader workers: training images per second of one
 epoch, the two alternated over several rounds, medians and the ratio measured in the same run.
 

@@ -67,3 +67,12 @@ def test_a_saved_isomax_folder_loads_with_timm_alone(wheel_python, tmp_path):
                   f"with torch.no_grad():\n    assert torch.equal(m(x), expected)\n"
                   f"print(type(m).__name__)", tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "IsoMaxClassifier", result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_the_timm_isomax_command(wheel_python, tmp_path):
+    command = wheel_python.parent / "timm-isomax"
+    usage = subprocess.run([str(command)], capture_output=True, text=True, cwd=tmp_path)
+    assert usage.returncode == 2 and "finetune" in usage.stdout and "benchmark" in usage.stdout
+    helped = subprocess.run([str(command), "finetune", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "usage: timm-isomax finetune" in helped.stdout

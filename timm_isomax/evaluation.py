@@ -1,6 +1,6 @@
 """Evaluate saved timm models (IsoMax, IsoMax+ or SoftMax) on an ID dataset against OOD datasets.
 
-The library side of ``scripts/evaluate_ood.py``: load models and datasets, preprocess with each model's
+The library side of ``timm-isomax evaluate``: load models and datasets, preprocess with each model's
 own timm data config, compute logits and scores, and turn them into metric rows, a text table, JSON and
 CSV. Plots live in :mod:`timm_isomax.plots`.
 

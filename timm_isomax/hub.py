@@ -340,7 +340,7 @@ def render_model_card(config: "HubConfig") -> str:
             lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
         lines += [f"Measured with `{metrics.get('command')}`.", ""]
     lines += ["## Training", "", "Reproduce (from a checkout of timm-isomax, the data under `../shared/data`):", "",
-              "```bash", "python scripts/finetune.py " + " ".join(config.finetune_args), "```", "",
+              "```bash", "timm-isomax finetune " + " ".join(config.finetune_args), "```", "",
               "## Citation", "", _CITATIONS, ""]
     return "\n".join(lines)
 
@@ -361,7 +361,7 @@ def prepare_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Unio
     import timm  # the local-dir: loader
 
     if not config.metrics:
-        raise ValueError(f"{config.name} has no measured metrics; run `python scripts/reproduce.py {config.path}` first.")
+        raise ValueError(f"{config.name} has no measured metrics; run `timm-isomax reproduce {config.path}` first.")
     saved = read_config(folder)
     if saved.get("architecture") != config.architecture:
         raise ValueError(f"{folder} holds a {saved.get('architecture')} model, the hub config says "

@@ -2,8 +2,8 @@
 
 A hub config records where the model goes (``repo_id``), what it is (``architecture`` + ``tag``, so that
 ``timm.create_model("<architecture>.<tag>", pretrained=True)`` loads it from the Hub after
-``import timm_isomax``), how it was made (the exact ``scripts/finetune.py`` argument list, the dataset and
-OOD sets) and what it measures (``metrics``, filled in by ``scripts/reproduce.py``).
+``import timm_isomax``), how it was made (the exact ``timm-isomax finetune`` argument list, the dataset and
+OOD sets) and what it measures (``metrics``, filled in by ``timm-isomax reproduce``).
 
 The files live in the top-level ``hub_configs/`` folder, installed as the data package
 ``timm_isomax.hub_configs``::
@@ -35,10 +35,10 @@ _HEAD_SUFFIXES = ("_isomaxplus", "_isomax")
 
 @dataclass
 class HubConfig:
-    """One published model. ``metrics`` is None until ``scripts/reproduce.py`` (or a person) measures it.
+    """One published model. ``metrics`` is None until ``timm-isomax reproduce`` (or a person) measures it.
 
     ``dataset``: ``{"name", "path", "train_split", "eval_split"}`` (+ optional ``"hub_id"`` for the card);
-    ``ood_datasets``: ``[{"name", "path", "split"}, ...]``; ``finetune_args``: the ``scripts/finetune.py``
+    ``ood_datasets``: ``[{"name", "path", "split"}, ...]``; ``finetune_args``: the ``timm-isomax finetune``
     arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``.
     """
 
@@ -98,7 +98,7 @@ def _validate(data: Any, where: str) -> HubConfig:
         for d in data["ood_datasets"]), where, "ood_datasets must be a list of {name, path, split}")
     args = data["finetune_args"]
     _require(isinstance(args, list) and all(isinstance(a, str) for a in args), where,
-             "finetune_args must be a list of strings (the scripts/finetune.py argument list)")
+             "finetune_args must be a list of strings (the `timm-isomax finetune` argument list)")
     _require(_flag_value(args, "--output") == data["source_checkpoint"], where,
              "finetune_args must contain '--output SOURCE_CHECKPOINT' (the folder reproduce.py trains into)")
     labels = data.get("label_names")

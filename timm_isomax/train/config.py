@@ -40,7 +40,7 @@ def _optimizer_problem(name: str) -> Optional[str]:
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; the ``timm-isomax finetune`` / ``scripts/finetune.py`` flags map onto these fields.
+    """Every setting of a run; the ``timm-isomax finetune`` flags map onto these fields.
 
     ``head``: ``softmax`` trains the plain timm model with cross-entropy (its output folder is a plain timm
     folder); ``isomax`` / ``isomaxplus`` convert the start model and train with the entropic loss.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate timm models (IsoMax+, IsoMax or SoftMax) for OOD detection: an ID test set against OOD sets.
 
 Prints a table (ID accuracy; per OOD set and their macro mean: AUROC, FPR@95 and TNR@95 with ID
@@ -6,7 +5,7 @@ positive, FPR95 with OOD positive, AUPR-In/Out, detection accuracy) and writes r
 results.csv and, per OOD set, hist_<set>.png (ID-vs-OOD score histograms) and roc_<set>.png into
 --output. Several --model values are evaluated side by side. Example:
 
-    python scripts/evaluate_ood.py --model out/mnist_softmax --model out/mnist_isomaxplus \\
+    timm-isomax evaluate --model out/mnist_softmax --model out/mnist_isomaxplus \\
         --id-dataset ../shared/data/mnist --ood-dataset ../shared/data/fashion_mnist \\
         --ood-dataset ../shared/data/notmnist --limit 2000 --output out/ood_eval
 
@@ -27,7 +26,7 @@ from timm_isomax.scores import SCORES
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="model name or folder (repeatable)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="load the model's weights (default); --no-pretrained: random weights, for smoke tests")

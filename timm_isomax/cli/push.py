@@ -1,14 +1,13 @@
-#!/usr/bin/env python
 """Publish a trained IsoMax model to the Hugging Face Hub from its hub config.
 
     # see exactly what would be uploaded (config.json, model.safetensors, README.md), contact nobody
-    python scripts/push_to_hub.py hub_configs/resnet10t_isomaxplus.mnist.json --dry-run outputs/hub_dry_run
+    timm-isomax push hub_configs/resnet10t_isomaxplus.mnist.json --dry-run outputs/hub_dry_run
 
     # upload (token from --token-file, HF_TOKEN or `huggingface-cli login`; never printed)
-    python scripts/push_to_hub.py hub_configs/resnet10t_isomaxplus.mnist.json
+    timm-isomax push hub_configs/resnet10t_isomaxplus.mnist.json
 
 The model folder defaults to the config's source_checkpoint; its metrics must have been measured with
-scripts/reproduce.py. An existing model card or weights on the Hub are only overwritten with --force.
+timm-isomax reproduce. An existing model card or weights on the Hub are only overwritten with --force.
 After publishing: `import timm_isomax` then timm.create_model("<architecture>.<tag>", pretrained=True).
 """
 import argparse
@@ -23,7 +22,7 @@ from timm_isomax.hub_config import load_hub_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hub_config", help="hub config JSON file (hub_configs/NAME.json)")
     p.add_argument("--folder", help="model folder to publish (default: the config's source_checkpoint)")
     p.add_argument("--dry-run", metavar="DIR", help="write the repo content into DIR instead of uploading")

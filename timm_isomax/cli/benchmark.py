@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The papers' claim, measured: SoftMax vs IsoMax vs IsoMax+ trained by the product's trainer with the same
 start model, recipe and seeds, evaluated on the same ID test set and OOD sets (mean ± std over seeds).
 
@@ -7,12 +6,13 @@ Protocols are the JSON files in benchmarks/protocols/ (datasets are folders unde
 the same command); each finished run's results join <output>/<protocol>/seed<k>.json at once; then the
 tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
 
-    python scripts/benchmark_ood.py mnist fashion_mnist cifar10    # the from-scratch protocols
-    python scripts/benchmark_ood.py mnist fashion_mnist     # some of them
-    python scripts/benchmark_ood.py --smoke                 # every protocol shrunk to seconds (what the tests run)
-    python scripts/benchmark_ood.py --report-only           # tables and plot from the saved runs
+    timm-isomax benchmark mnist fashion_mnist cifar10    # the from-scratch protocols
+    timm-isomax benchmark mnist fashion_mnist     # some of them
+    timm-isomax benchmark --smoke                 # every protocol shrunk to seconds (what the tests run)
+    timm-isomax benchmark --report-only           # tables and plot from the saved runs
 """
 import argparse
+import importlib.resources
 import dataclasses
 import json
 import os
@@ -26,13 +26,15 @@ from timm_isomax.benchmark import (TABLE_METRICS, load_protocol, load_runs, mark
                                    run_protocol, smoke_version, summarize)
 from timm_isomax.plots import plot_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-PROTOCOLS = ROOT / "benchmarks" / "protocols"
-DEFAULT_DATA_ROOT = os.environ.get("TIMM_ISOMAX_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+# the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)
+PROTOCOLS = Path(str(importlib.resources.files("timm_isomax.protocols")))
+# paths relative to where it runs (the repository root, next to ../shared)
+DEFAULT_DATA_ROOT = os.environ.get("TIMM_ISOMAX_SHARED_DATA", str(Path("..") / "shared" / "data"))
+WORKDIR = Path(".")  # outputs go under the folder it runs in
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="timm-isomax benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocols", nargs="*", help="protocol names (benchmarks/protocols/<name>.json) or JSON paths; "
                                                  "default: all")
     p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
@@ -40,9 +42,9 @@ def parse_args(argv=None):
                                                   "outputs/benchmark_smoke with --smoke)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the protocols' seeds")
     p.add_argument("--smoke", action="store_true", help="run each protocol's smoke version")
-    p.add_argument("--runs", default=str(ROOT / "outputs" / "benchmark_runs"),
+    p.add_argument("--runs", default=str(WORKDIR / "outputs" / "benchmark_runs"),
                    help="where the trainer's run folders (checkpoints, models) go (default: %(default)s)")
-    p.add_argument("--feature-cache", default=str(ROOT / "outputs" / "feature_cache"),
+    p.add_argument("--feature-cache", default=str(WORKDIR / "outputs" / "feature_cache"),
                    help="frozen-backbone features kept between runs (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--throughput-rounds", type=int, default=5, help="interleaved rounds of the inference timing")
@@ -78,9 +80,9 @@ def main(argv=None) -> int:
         protocols = [smoke_version(protocol) for protocol in protocols]
     if args.seeds:
         protocols = [dataclasses.replace(protocol, seeds=tuple(args.seeds)) for protocol in protocols]
-    output = Path(args.output or (ROOT / "outputs" / "benchmark_smoke" if args.smoke else ROOT / "benchmarks" / "results"))
+    output = Path(args.output or (WORKDIR / "outputs" / "benchmark_smoke" if args.smoke else WORKDIR / "benchmarks" / "results"))
     if args.smoke and args.runs == parse_args([]).runs:
-        args.runs = str(ROOT / "outputs" / "benchmark_smoke_runs")
+        args.runs = str(WORKDIR / "outputs" / "benchmark_smoke_runs")
     if not args.report_only:
         missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:

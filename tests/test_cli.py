@@ -1,0 +1,31 @@
+"""The command line: `timm-isomax <command>` / `python -m timm_isomax <command>` dispatch to thin command modules."""
+import subprocess
+import sys
+
+import pytest
+
+from timm_isomax.cli import COMMANDS, main
+
+from .test_finetune import REPO
+
+
+def test_usage_lists_every_command_and_unknown_ones_get_the_closest(capsys):
+    assert main([]) == 2
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in COMMANDS)
+    assert main(["--help"]) == 0
+    assert main(["finetun"]) == 2
+    assert "unknown command 'finetun'; did you mean 'finetune'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help_with_its_own_name(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and f"usage: timm-isomax {command}" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    result = subprocess.run([sys.executable, "-m", "timm_isomax", "benchmark", "--report-only", "--output",
+                             str(REPO / "no_such_results")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "no benchmark runs (seed*.json) under" in result.stderr

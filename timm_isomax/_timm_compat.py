@@ -35,9 +35,20 @@ def copy_traits(source: nn.Module, target: nn.Module, prefix: str) -> None:
 def save_timm_config(model: nn.Module, path: str, extra: Optional[dict] = None, data_config: Optional[dict] = None) -> None:
     """Write timm's ``config.json`` for ``model`` (timm's own writer, not re-exported by ``timm.models``),
     with ``extra`` keys at the top level: ``pretrained_cfg`` accepts only PretrainedCfg fields."""
+    import json
+
     from timm.models._hub import save_config_for_hf
 
     save_config_for_hf(model, path, model_config=dict(extra or {}), data_config=data_config)
+    # The class count lives in the top-level num_classes (what timm reads); a second copy in model_args
+    # makes transformers' TimmWrapper pass num_classes twice ("got multiple values for keyword argument").
+    with open(path) as handle:
+        config = json.load(handle)
+    model_args = config.get("model_args") or {}
+    if model_args.get("num_classes") == config.get("num_classes"):
+        model_args.pop("num_classes", None)
+        with open(path, "w") as handle:
+            json.dump(config, handle, indent=2)
 
 
 def record_model_arg(model: nn.Module, name: str, value: Any) -> None:

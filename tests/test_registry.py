@@ -41,13 +41,16 @@ def test_every_classification_arch_is_registered_under_both_suffixes():
     bases = base_names()
     classification = [n for n in bases if n not in ENCODER_ONLY]
     assert CIFAR_RESNETS <= set(bases)
-    assert len(set(bases) - CIFAR_RESNETS) == 1371 and len(classification) == 1364 + 6  # timm 1.0.31 + ours
+    if timm.__version__ == "1.0.31":  # the tested version (constraints.txt): its exact counts
+        assert len(set(bases) - CIFAR_RESNETS) == 1371 and len(classification) == 1364 + 6
+    else:  # another allowed timm: at least as many, every classification arch covered (asserted below)
+        assert len(classification) >= 1364 + 6
     for suffix in ("_isomaxplus", "_isomax"):
         registered = timm.list_models("*" + suffix)
         assert sorted(registered) == sorted(n + suffix for n in classification)
         assert all(timm.is_model(n) for n in registered)
     assert not any(timm.is_model(n + "_isomaxplus") for n in ENCODER_ONLY)
-    assert len(timm_isomax.list_isomax_models(head_type="isomax")) == 1370
+    assert len(timm_isomax.list_isomax_models(head_type="isomax")) == len(classification)
 
 
 def test_pretrained_tags_mirror_the_base_arch():

@@ -1,0 +1,47 @@
+"""Every user command runs end to end from the command line: convert and reproduce here (finetune, evaluate,
+push and benchmark have their own test files)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+
+from .test_finetune import REPO
+
+CLI = [sys.executable, "-m", "timm_isomax"]
+
+
+@pytest.mark.slow
+def test_convert_evaluates_the_source_beside_its_conversion_and_saves_it(shared_data, tmp_path):
+    result = subprocess.run([*CLI, "convert", "--model", "cifar_resnet20", "--key-map", "akamaster-cifar-resnet",
+                             "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
+                             "--dataset", str(shared_data / "cifar10"), "--ood-dataset", str(shared_data / "notmnist"),
+                             "--limit", "300", "--workers", "0", "--output", str(tmp_path / "converted")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "zero-shot" in result.stdout and "notmnist" in result.stdout
+    model = timm.create_model(f"local-dir:{tmp_path / 'converted'}", pretrained=True)
+    assert model.pretrained_cfg["architecture"] == "cifar_resnet20_isomaxplus" and model.num_classes == 10
+
+
+@pytest.mark.slow
+def test_reproduce_trains_with_the_recorded_recipe_and_records_the_numbers(tmp_path):
+    config = json.loads((REPO / "hub_configs" / "resnet10t_isomaxplus.mnist.json").read_text())
+    args = config["finetune_args"]
+    for flag, value in (("--epochs", "2"), ("--train-limit", "1024"), ("--val-limit", "200"),
+                        ("--output", str(tmp_path / "model"))):
+        args[args.index(flag) + 1] = value
+    args.append("--amp")  # the recipe runs with bf16 autocast on the CPU: that path, end to end
+    config.update(source_checkpoint=str(tmp_path / "model"), finetune_args=args, metrics=None,
+                  evaluation=dict(limit=200, batch_size=128))
+    path = tmp_path / "resnet10t_isomaxplus.mnist.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([*CLI, "reproduce", str(path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "timm-isomax finetune --model resnet10t_isomaxplus" in result.stdout
+    recorded = json.loads(path.read_text())["metrics"]
+    assert recorded["accuracy"] > 0.5 and set(recorded["ood"]) == {"fashion_mnist", "notmnist", "mean"}
+    assert recorded["command"] == f"timm-isomax reproduce {path}"
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "timm-isomax finetune" in card and f"{100 * recorded['accuracy']:.2f}" in card

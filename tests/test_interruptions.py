@@ -114,16 +114,19 @@ def test_ten_random_sigkills_then_resume_end_with_the_uninterrupted_weights(unin
 
 
 @pytest.mark.slow
-def test_sigint_saves_mid_epoch_and_the_resumed_run_ends_the_same(uninterrupted, shared_data, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_saves_mid_epoch_and_the_resumed_run_ends_the_same(stop_signal, uninterrupted, shared_data,
+                                                                         tmp_path):
     expected_output, training_seconds = uninterrupted
     output = tmp_path / "interrupted"
     run = Run(finetune_args(shared_data, output, extra=["--checkpoint-every", "0"]))  # only the signal saves mid-epoch
     run.wait_started()
     time.sleep(training_seconds * 0.4)
-    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(stop_signal)
     code, text = run.finish(timeout=120)
     assert code == 130, text[-3000:]
-    assert "SIGINT: saving a checkpoint after this step" in text and "interrupted: progress is saved in" in text
+    assert f"{stop_signal.name}: saving a checkpoint after this step" in text
+    assert "interrupted: progress is saved in" in text
     position, state = checkpoint_position(output)
     assert 0 < position < EPOCHS * STEPS_PER_EPOCH and not (output / "model.safetensors").exists()
     code, text = Run(finetune_args(shared_data, output, extra=["--resume", "--checkpoint-every", "0"])).finish()

@@ -136,3 +136,16 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     same = subprocess.run([sys.executable, *FINETUNE, *base, "--resume", "--workers", "1"], capture_output=True,
                           text=True, cwd=REPO)  # where it runs may change
     assert same.returncode == 0, same.stderr[-1500:]
+
+
+@pytest.mark.slow
+def test_two_runs_side_by_side_on_different_folders_both_finish(tmp_path):
+    args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--img-size", "32", "--no-aug",
+            "--workers", "0", "--epochs", "1", "--train-limit", "256", "--batch-size", "32", "--no-progress", "--resume"]
+    processes = [subprocess.Popen([sys.executable, *FINETUNE, *args, "--output", str(tmp_path / name)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    outputs = [process.communicate(timeout=600) for process in processes]  # both run at the same time
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-1500:]
+        assert "holds no checkpoint yet" in stdout and "starting a new run there" in stdout  # --resume, said plainly
+    assert (tmp_path / "a" / "model.safetensors").exists() and (tmp_path / "b" / "model.safetensors").exists()

@@ -81,6 +81,8 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
                               f"(--resume) to continue it, or choose another output folder.")
     if cfg.resume and checkpoint_path.exists():
         check_resumed_settings(training_dir, cfg.to_json())
+    elif cfg.resume and runtime.is_main:
+        print(f"--resume: {output} holds no checkpoint yet ({checkpoint_path}); starting a new run there.")
     seed_everything(cfg.seed)
     splits = load_labelled_splits(cfg.dataset, cfg.train_split, cfg.val_split, cfg.image_column, cfg.label_column,
                                   cfg.train_limit, cfg.val_limit)

@@ -39,8 +39,9 @@ def write_json(path: Path, value: Any) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
 
 
-# Settings a resumed run may change: where and how visibly it runs, not what it trains.
-RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every")
+# Settings a resumed run may change: where and how visibly it runs, not what it trains (``output``: the same
+# folder, named by another path, e.g. relative instead of absolute, or moved).
+RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every", "output")
 SETTINGS_NAME = "config.json"
 
 

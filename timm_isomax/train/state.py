@@ -40,8 +40,9 @@ def write_json(path: Path, value: Any) -> None:
 
 
 # Settings a resumed run may change: where and how visibly it runs, not what it trains (``output``: the same
-# folder, named by another path, e.g. relative instead of absolute, or moved).
-RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every", "output")
+# folder, named by another path, e.g. relative instead of absolute, or moved; ``feature_cache``: where
+# features are kept, keyed by what they depend on, so never stale).
+RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every", "output", "feature_cache")
 SETTINGS_NAME = "config.json"
 
 

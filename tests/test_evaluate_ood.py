@@ -1,7 +1,6 @@
 """`timm-isomax evaluate` end to end on real data: MNIST models against Fashion-MNIST and notMNIST."""
 import csv
 import json
-from pathlib import Path
 
 import datasets
 import pytest

@@ -41,6 +41,7 @@ from torch import nn
 from .engine import interleaved_medians
 from .metrics import METRIC_NAMES
 from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
+from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
            "markdown_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
@@ -322,10 +323,8 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
 
 
 def _write(path: Path, run: Dict) -> None:
-    from .hub import _atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))
+    write_json(path, run)
 
 
 def load_runs(folder: Union[str, Path]) -> List[Dict]:

@@ -2,7 +2,7 @@
 benchmarks and tests. (The one training loop is :mod:`timm_isomax.train.loop`.)"""
 import statistics
 import time
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Tuple
 
 import torch
 from torch import nn

@@ -29,12 +29,12 @@ def test_import_timm_alone_registers_the_isomax_models(wheel_python, tmp_path):
                   "m = timm.create_model('resnet10t_isomaxplus', num_classes=3)\n"
                   "iso = timm.create_model('convnext_atto_isomax', num_classes=4)\n"
                   "print(json.dumps([type(m).__name__, m.head_type, iso.head_type, sys.modules['timm_isomax'].__file__,"
-                  " len(timm.list_models('*_isomaxplus')), timm.list_pretrained('resnet10t_isomaxplus.mnist')]))",
+                  " len(timm.list_models('*_isomaxplus')), timm.list_models('resnet10t_isomaxplus.mnist', include_tags=True)]))",
                   tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    name, head, other, where, count, published = json.loads(result.stdout.splitlines()[-1])
+    name, head, other, where, count, tags = json.loads(result.stdout.splitlines()[-1])
     assert (name, head, other) == ("IsoMaxClassifier", "isomaxplus", "isomax") and count >= 1364
-    assert published == ["resnet10t_isomaxplus.mnist"]  # the hub configs ship in the wheel and register
+    assert tags == ["resnet10t_isomaxplus.mnist"]  # the hub configs ship in the wheel and register their tags
     assert str(wheel_python.parents[1]) in where  # the wheel's copy, not the checkout's
 
 

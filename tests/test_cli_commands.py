@@ -7,6 +7,8 @@ import sys
 import pytest
 import timm
 
+from timm_isomax.provenance import recorded_provenance, weights_sha256
+
 from .test_finetune import REPO
 
 CLI = [sys.executable, "-m", "timm_isomax"]
@@ -45,3 +47,11 @@ def test_reproduce_trains_with_the_recorded_recipe_and_records_the_numbers(tmp_p
     assert recorded["command"] == f"timm-isomax reproduce {path}"
     card = (tmp_path / "model" / "README.md").read_text()
     assert "timm-isomax finetune" in card and f"{100 * recorded['accuracy']:.2f}" in card
+    # provenance: the folder says what produced it, the hub config which weights its numbers describe
+    provenance = recorded_provenance(json.loads((tmp_path / "model" / "config.json").read_text()))
+    assert recorded["weights_sha256"] == provenance["weights_sha256"] == weights_sha256(tmp_path / "model" / "model.safetensors")
+    assert provenance["settings"]["epochs"] == 2 and provenance["settings"]["train_limit"] == 1024
+    assert provenance["data"]["train_rows"] == 1024 and provenance["data"]["source"].endswith("mnist")
+    assert provenance["data"]["train_fingerprint"]
+    dry = subprocess.run([*CLI, "push", str(path), "--dry-run", str(tmp_path / "dry")], capture_output=True, text=True, cwd=REPO)
+    assert dry.returncode == 0 and "nothing uploaded" in dry.stdout, dry.stderr[-2000:]

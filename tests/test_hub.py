@@ -4,20 +4,24 @@ import dataclasses
 import importlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import huggingface_hub
 import pytest
+import safetensors.torch
 import timm
 import torch
 
 import timm_isomax
 from timm_isomax.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_to_hub, render_model_card, save_pretrained
 from timm_isomax.hub_config import HubConfig, load_hub_config, packaged_hub_configs, write_hub_config
+from timm_isomax.provenance import recorded_provenance, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "resnet10t_isomaxplus"
 TOKEN = "hf_SECRETtoken1234567890"
+CACHED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _load_script(name):
@@ -51,7 +55,7 @@ def saved(tmp_path_factory):
 def _install_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
     # the layout huggingface_hub's downloads leave: blobs behind snapshots/<commit>, refs/main -> commit
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
+    commit = CACHED_COMMIT
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -95,26 +99,40 @@ def test_hf_hub_name_loads_through_the_offline_cache(saved, images, offline_cach
     torch.testing.assert_close(features(images)[-1], model.backbone.forward_features(images), rtol=0, atol=0)
 
 
-def test_published_tag_loads_isomax_weights_from_its_hub_repo(tmp_path, images, offline_cache):
-    config = next(c for c in packaged_hub_configs() if c.name == f"{ARCH}.mnist")
-    num_classes = timm.models.get_pretrained_cfg(config.name).num_classes
-    model = _saved_model(tmp_path / "published", num_classes=num_classes, tag="mnist")
+def test_published_tag_loads_isomax_weights_from_its_pushed_commit(tmp_path, images, offline_cache):
+    model = _saved_model(tmp_path / "published", tag="pushed")
+    config = dataclasses.replace(_test_config(tmp_path / "published", tmp_path), tag="pushed",
+                                 published=dict(revision=CACHED_COMMIT, weights_sha256="0" * 64))
     _install_in_hf_cache(offline_cache, config.repo_id, tmp_path / "published")
-    loaded = timm.create_model(config.name, pretrained=True).eval()  # not the base's SoftMax weights
+    assert timm_isomax.register_hub_config(config) == f"{ARCH}.pushed"
+    assert f"{ARCH}.pushed" in timm.list_pretrained(f"{ARCH}.*")
+    loaded = timm.create_model(f"{ARCH}.pushed", pretrained=True).eval()  # not the base's SoftMax weights
     torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
-    assert loaded.pretrained_cfg["hf_hub_id"] == config.repo_id
+    assert loaded.pretrained_cfg["hf_hub_id"] == f"{config.repo_id}@{CACHED_COMMIT}"  # the pushed commit, pinned
     # without pretrained weights the tag still builds (the base's default cfg, not an unknown base tag)
-    assert timm.create_model(config.name).num_classes == num_classes
+    assert timm.create_model(f"{ARCH}.pushed").num_classes == 10
     # the mirrored base tags are untouched: the untagged name keeps the base's default tag
     assert timm.create_model(ARCH).pretrained_cfg["tag"] == timm.models.get_pretrained_cfg("resnet10t").tag
+
+
+def test_an_unpublished_tag_is_not_listed_and_says_so_in_one_line_at_once(offline_cache):
+    config = next(c for c in packaged_hub_configs() if c.name == f"{ARCH}.mnist")
+    assert not config.is_published and config.name not in timm.list_pretrained(f"{ARCH}.*")
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="no published weights yet.*timm-isomax reproduce") as error:
+        timm.create_model(config.name, pretrained=True)
+    assert "\n" not in str(error.value) and config.repo_id in str(error.value)
+    assert time.perf_counter() - started < 30  # no retries against a repo that does not exist (was ~47 s)
+    assert timm.create_model(config.name).num_classes == len(config.label_names)  # builds without weights
 
 
 def test_packaged_hub_configs_ship_in_the_package_and_register():
     configs = packaged_hub_configs()
     assert {c.name for c in configs} >= {f"{ARCH}.mnist", f"{ARCH}.fashion_mnist", "cifar_resnet20_isomaxplus.cifar10"}
-    published = set(timm.list_models(pretrained=True))
+    registered = set(timm.list_models("*_isomaxplus*", include_tags=True))
+    published = set(timm.list_pretrained())
     for config in configs:
-        assert config.name in published
+        assert config.name in registered and (config.name in published) == config.is_published
         assert config.path.parent.name == "hub_configs"
 
 
@@ -142,7 +160,8 @@ def _test_config(folder: Path, tmp_path: Path) -> HubConfig:
         metrics=dict(accuracy=0.9, id_images=100, ood_images={"notmnist": 100}, score="mds",
                      ood={"notmnist": dict(auroc=0.8, fpr_at_95_tpr=0.5), "mean": dict(auroc=0.8, fpr_at_95_tpr=0.5)},
                      conventions={"auroc": "AUROC, ID positive"}, threshold=-1.5, threshold_tpr=0.95,
-                     threshold_fitted_on="mnist:test", temperature=1.0, command="timm-isomax reproduce x.json"))
+                     threshold_fitted_on="mnist:test", temperature=1.0, command="timm-isomax reproduce x.json",
+                     weights_sha256=weights_sha256(folder / WEIGHTS_NAME)))
     return load_hub_config(write_hub_config(config, tmp_path / "test.json"))
 
 
@@ -166,6 +185,8 @@ class FakeHfApi:
         self.calls.append(("upload_folder", repo_id))
         self.uploaded = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
         self.existing |= set(self.uploaded)
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}",
+                                          commit_message=commit_message, commit_description="", oid="c" * 40)
 
 
 def test_push_creates_the_repo_uploads_three_files_and_refuses_to_overwrite(saved, tmp_path, images):
@@ -181,6 +202,8 @@ def test_push_creates_the_repo_uploads_three_files_and_refuses_to_overwrite(save
     assert hub_config["architecture"] == ARCH and hub_config["num_classes"] == 10
     assert hub_config["isomax"]["head_type"] == "isomaxplus" and "import timm_isomax" in hub_config["isomax"]["usage"]
     assert hub_config["pretrained_cfg"]["tag"] == "test"
+    # the push is recorded in the hub config file: the commit its tag will load, the weights' hash
+    assert load_hub_config(config.path).published == dict(revision="c" * 40, weights_sha256=weights_sha256(folder / WEIGHTS_NAME))
 
     with pytest.raises(FileExistsError, match="force"):
         push_to_hub(folder, config, api=api)
@@ -223,6 +246,71 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
 def test_push_refuses_unmeasured_config(saved, tmp_path):
     config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
     with pytest.raises(ValueError, match="timm-isomax reproduce"):
+        push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")
+
+
+def test_saved_folders_record_the_hash_of_their_weights_and_a_re_export_keeps_it(saved, tmp_path):
+    model, folder = saved
+    recorded = recorded_provenance(json.loads((folder / CONFIG_NAME).read_text()))["weights_sha256"]
+    assert recorded == weights_sha256(folder / WEIGHTS_NAME) == weights_sha256(model.state_dict())
+    push_to_hub(folder, _test_config(folder, tmp_path), dry_run=True, dry_run_dir=tmp_path / "dry")
+    assert weights_sha256(tmp_path / "dry" / WEIGHTS_NAME) == recorded  # the tensors, not the file's header
+    nudged = {k: v.clone() for k, v in model.state_dict().items()}
+    nudged["head.prototypes"][0, 0] += 1e-3
+    assert weights_sha256(nudged) != recorded
+
+
+def _other_folder(saved, tmp_path, name, change):
+    # a copy of the measured folder with one thing changed, as a user's mix-up would leave it
+    folder = tmp_path / name
+    shutil.copytree(saved[1], folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    change(folder, config)
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+def _other_model():
+    torch.manual_seed(1)
+    return timm.create_model(ARCH, num_classes=10)
+
+
+def _other_weights(folder, config):
+    # same architecture, labels and preprocessing, other weights, saved properly (its own hash recorded)
+    save_pretrained(_other_model(), folder, label_names=config["label_names"], data_config={"input_size": (3, 32, 32)})
+    config.clear()
+    config.update(json.loads((folder / CONFIG_NAME).read_text()))
+
+
+def _swapped_weights_file(folder, config):
+    # another model.safetensors copied over the folder's own
+    state_dict = {k: v.contiguous() for k, v in _other_model().state_dict().items()}
+    safetensors.torch.save_file(state_dict, str(folder / WEIGHTS_NAME))
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("other_weights", _other_weights, "not the ones .* were measured on"),
+    ("swapped_file", _swapped_weights_file, "not the file its config.json was saved with"),
+    ("other_labels", lambda folder, config: config.update(label_names=[f"d{i}" for i in range(10)]), "label names"),
+    ("other_size", lambda folder, config: config["pretrained_cfg"].update(input_size=[3, 64, 64]), "input_size"),
+    ("other_arch", lambda folder, config: config.update(architecture="resnet18_isomaxplus"), "resnet18_isomaxplus model"),
+])
+def test_push_refuses_a_folder_that_is_not_the_model_the_card_describes(saved, tmp_path, name, change, message):
+    # the case that wrote a Fashion-MNIST model under the MNIST card: nothing compared them
+    config = _test_config(saved[1], tmp_path)
+    folder = _other_folder(saved, tmp_path, name, change)
+    api = FakeHfApi(token=TOKEN)
+    for kwargs in (dict(dry_run=True, dry_run_dir=tmp_path / "dry"), dict(api=api), dict(api=api, force=True)):
+        with pytest.raises(ValueError, match=f"^refusing to publish: .*{message}") as error:
+            push_to_hub(folder, config, **kwargs)
+        assert "\n" not in str(error.value)
+    assert api.calls == [] and not (tmp_path / "dry").exists()  # refused before contacting the Hub or writing
+
+
+def test_push_refuses_a_config_measured_before_hashes_were_recorded(saved, tmp_path):
+    config = _test_config(saved[1], tmp_path)
+    config.metrics.pop("weights_sha256")
+    with pytest.raises(ValueError, match="records no weights hash.*reproduce --evaluate-only"):
         push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")
 
 

@@ -30,8 +30,10 @@ from .registry import (
     is_classification_architecture,
     list_isomax_models,
     register_all,
+    register_hub_config,
     register_isomax_variants,
 )
+from .provenance import weights_sha256
 
 __version__ = "0.1.0"
 
@@ -66,6 +68,7 @@ __all__ = [
     "create_model",
     "register_isomax_variants",
     "register_all",
+    "register_hub_config",
     "list_isomax_models",
     "base_architecture",
     "is_classification_architecture",
@@ -73,6 +76,7 @@ __all__ = [
     "HubConfig",
     "load_hub_config",
     "packaged_hub_configs",
+    "weights_sha256",
 ]
 
 register_all()

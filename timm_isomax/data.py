@@ -479,6 +479,14 @@ class LabelledSplits:
         """Where the validation rows come from, as recorded with a fitted threshold."""
         return f"{self.source}:{self.val_split}" + (f"[:{self.val_limit}]" if self.val_limit else "")
 
+    def identity(self) -> Dict[str, Any]:
+        """What these splits are, as a trained model's provenance records it: the source, each split's name,
+        row count and the ``datasets`` fingerprint of its selected rows (another selection, another value)."""
+        return dict(source=self.source, **{f"{role}_{key}": value for role, split, name in
+                                           (("train", self.train, self.train_split), ("val", self.val, self.val_split))
+                                           for key, value in (("split", name), ("rows", len(split)),
+                                                              ("fingerprint", getattr(split, "_fingerprint", None)))})
+
     def for_model(self, model: torch.nn.Module, train_transform: Optional[Dict[str, Any]] = None,
                   data_config: Optional[Dict] = None) -> Tuple["ImageDataset", "ImageDataset"]:
         """``(train, val)`` as :class:`ImageDataset` s preprocessed for ``model``; ``train_transform`` (None:

@@ -18,6 +18,7 @@ import torch
 
 from . import _timm_compat
 from .model import IsoMaxClassifier, ood_config_problem
+from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
 if TYPE_CHECKING:  # hub_config imports this module
     from huggingface_hub import HfApi
@@ -75,6 +76,7 @@ def save_pretrained(
     isomax_metadata: Optional[Dict[str, Any]] = None,
     data_config: Optional[Dict[str, Any]] = None,
     tag: Optional[str] = None,
+    provenance: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write ``model`` as a Hub-format folder and return its path.
 
@@ -86,6 +88,9 @@ def save_pretrained(
             deployment threshold); head type and default OOD score are filled in for IsoMax models.
         data_config: preprocessing to record (timm data config keys), if not the model's own.
         tag: the pretrained tag of these weights (e.g. ``"cifar10"``); the source's tag is never kept.
+        provenance: what produced the weights (the trainer passes its settings and data identity), recorded
+            in config.json as ``isomax.provenance`` beside the SHA-256 of the weights, which is always recorded
+            (:mod:`timm_isomax.provenance`).
 
     Example:
         >>> model = timm.create_model("resnet18_isomaxplus", num_classes=10)
@@ -99,11 +104,11 @@ def save_pretrained(
     extra: Dict[str, Any] = {"pretrained_cfg": {"tag": tag}}
     if label_names is not None:
         extra["label_names"] = list(label_names)
-    if isinstance(model, IsoMaxClassifier):
-        extra[ISOMAX_CONFIG_KEY] = dict(head_type=model.head_type, **model.ood_config, **(isomax_metadata or {}))
-    elif isomax_metadata:
-        extra[ISOMAX_CONFIG_KEY] = dict(isomax_metadata)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    isomax_block = dict(head_type=model.head_type, **model.ood_config) if isinstance(model, IsoMaxClassifier) else {}
+    isomax_block.update(isomax_metadata or {})
+    isomax_block[PROVENANCE_KEY] = dict(provenance or {}, weights_sha256=weights_sha256(state_dict))
+    extra[ISOMAX_CONFIG_KEY] = isomax_block
     _atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
     _atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
     return folder
@@ -352,6 +357,13 @@ def write_model_card(config: "HubConfig", folder: Union[str, Path]) -> Path:
     return path
 
 
+def _check_publishable(folder: Union[str, Path], config: "HubConfig") -> None:
+    # the card may only describe the weights its numbers were measured on: no override
+    if not config.metrics:
+        raise ValueError(f"{config.name} has no measured metrics; run `timm-isomax reproduce {config.path}` first.")
+    check_folder_matches(folder, config)
+
+
 def prepare_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Union[str, Path]) -> List[Path]:
     """Write exactly what goes to the Hub into ``out``: config.json, model.safetensors, README.md.
 
@@ -360,16 +372,15 @@ def prepare_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Unio
     """
     import timm  # the local-dir: loader
 
-    if not config.metrics:
-        raise ValueError(f"{config.name} has no measured metrics; run `timm-isomax reproduce {config.path}` first.")
+    _check_publishable(folder, config)
     saved = read_config(folder)
-    if saved.get("architecture") != config.architecture:
-        raise ValueError(f"{folder} holds a {saved.get('architecture')} model, the hub config says "
-                         f"{config.architecture}; point source_checkpoint at the right folder.")
     model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
     out = Path(out)
+    # what produced the weights travels with them; the hash is recomputed (and equal: same tensors)
+    provenance = {k: v for k, v in recorded_provenance(saved).items() if k != "weights_sha256"}
     save_pretrained(model, out, label_names=config.label_names or saved.get("label_names"),
-                    isomax_metadata={"usage": IMPORT_HINT}, data_config=config.data_config, tag=config.tag)
+                    isomax_metadata={"usage": IMPORT_HINT}, data_config=config.data_config, tag=config.tag,
+                    provenance=provenance)
     write_model_card(config, out)
     return [out / CONFIG_NAME, out / WEIGHTS_NAME, out / CARD_NAME]
 
@@ -386,7 +397,11 @@ def push_to_hub(
 ) -> str:
     """Publish the model in ``folder`` as ``hub_config.repo_id``; returns the repo URL (or the dry-run folder).
 
-    Refuses (``FileExistsError``) to overwrite a model card or weights already on the Hub unless ``force``.
+    Refuses (``ValueError``, before contacting the Hub) a folder that is not the model the hub config
+    measured: other weights (SHA-256), architecture, label names or data config; ``force`` never overrides
+    that. Refuses (``FileExistsError``) to overwrite a model card or weights already on the Hub unless ``force``.
+    After the upload, the hub config (its file, when it was read from one) records ``published``: the commit
+    and the weights' hash, which is what registers its tag as pretrained weights.
     ``dry_run`` writes exactly what would be uploaded into ``dry_run_dir`` and contacts nobody. The token
     goes to ``HfApi`` only; it is never printed or written.
 
@@ -394,7 +409,7 @@ def push_to_hub(
         >>> push_to_hub("outputs/resnet10t_isomaxplus.mnist", "hub_configs/resnet10t_isomaxplus.mnist.json",
         ...             dry_run=True, dry_run_dir="outputs/hub_dry_run")
     """
-    from .hub_config import load_hub_config
+    from .hub_config import load_hub_config, write_hub_config
 
     config = hub_config if not isinstance(hub_config, (str, Path)) else load_hub_config(hub_config)
     if dry_run:
@@ -402,6 +417,7 @@ def push_to_hub(
             raise ValueError("dry_run needs dry_run_dir: the folder to write the repo content into.")
         prepare_repo_folder(folder, config, dry_run_dir)
         return str(dry_run_dir)
+    _check_publishable(folder, config)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -413,6 +429,10 @@ def push_to_hub(
                               f"(--force) to overwrite them.")
     with tempfile.TemporaryDirectory() as staging:
         prepare_repo_folder(folder, config, staging)
-        api.upload_folder(repo_id=config.repo_id, repo_type="model", folder_path=staging,
-                          commit_message=f"Upload {config.name} (timm-isomax)")
+        commit = api.upload_folder(repo_id=config.repo_id, repo_type="model", folder_path=staging,
+                                   commit_message=f"Upload {config.name} (timm-isomax)")
+    # the record that makes the tag loadable (pinned to this commit) once the hub config ships
+    config.published = dict(revision=getattr(commit, "oid", None), weights_sha256=config.metrics["weights_sha256"])
+    if config.path is not None:
+        write_hub_config(config)
     return str(repo_url)

@@ -39,7 +39,10 @@ class HubConfig:
 
     ``dataset``: ``{"name", "path", "train_split", "eval_split"}`` (+ optional ``"hub_id"`` for the card);
     ``ood_datasets``: ``[{"name", "path", "split"}, ...]``; ``finetune_args``: the ``timm-isomax finetune``
-    arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``.
+    arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``;
+    ``published``: ``{"revision", "weights_sha256"}``, written by ``timm-isomax push`` once the weights are on
+    the Hub. Only a published config registers its tag with timm's pretrained weights (pinned to that
+    revision); until then ``timm.create_model(name, pretrained=True)`` says the weights are not published.
     """
 
     repo_id: str
@@ -54,6 +57,7 @@ class HubConfig:
     label_names: Optional[List[str]] = None
     data_config: Optional[Dict[str, Any]] = None
     metrics: Optional[Dict[str, Any]] = None
+    published: Optional[Dict[str, Any]] = None
     description: str = ""
     path: Optional[Path] = field(default=None, compare=False, repr=False)
 
@@ -61,6 +65,16 @@ class HubConfig:
     def name(self) -> str:
         """The timm name of the published weights, ``<architecture>.<tag>``."""
         return f"{self.architecture}.{self.tag}"
+
+    @property
+    def is_published(self) -> bool:
+        return bool(self.published)
+
+    @property
+    def hf_hub_id(self) -> str:
+        """``ORG/NAME@revision`` of the pushed commit (timm's revision syntax), or ``ORG/NAME`` if none was recorded."""
+        revision = (self.published or {}).get("revision")
+        return f"{self.repo_id}@{revision}" if revision else self.repo_id
 
     @property
     def head_type(self) -> str:
@@ -104,6 +118,10 @@ def _validate(data: Any, where: str) -> HubConfig:
     labels = data.get("label_names")
     _require(labels is None or (isinstance(labels, list) and all(isinstance(n, str) for n in labels)), where,
              "label_names must be a list of strings or null")
+    published = data.get("published")
+    _require(published is None or (isinstance(published, dict) and isinstance(published.get("weights_sha256"), str)
+                                   and isinstance(published.get("revision"), (str, type(None)))), where,
+             "published must be null or {\"revision\": COMMIT, \"weights_sha256\": HASH} (timm-isomax push writes it)")
     for key in ("data_config", "metrics", "evaluation"):
         _require(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object or null")
     return HubConfig(**{**data, "evaluation": data.get("evaluation") or {}})

@@ -44,6 +44,7 @@ __all__ = [
     "is_classification_architecture",
     "create_model",
     "closest_models_hint",
+    "register_hub_config",
     "ENCODER_ONLY_SUFFIX",
 ]
 
@@ -53,8 +54,8 @@ ENCODER_ONLY_SUFFIX = "_enc"
 
 # isomax architecture name -> (base architecture, head type)
 _VARIANTS: Dict[str, Tuple[str, str]] = {}
-# "<isomax arch>.<tag>" of published IsoMax weights (hub configs): loaded whole, never as base SoftMax weights
-_ISOMAX_WEIGHT_TAGS: Set[str] = set()
+# "<isomax arch>.<tag>" -> hub config, for the tags of IsoMax weights: loaded whole, never as base SoftMax weights
+_HUB_CONFIGS: Dict[str, HubConfig] = {}
 
 
 def _suffix(head_type: str) -> str:
@@ -99,11 +100,14 @@ def _mirrored_default_cfg(base_arch: str) -> DefaultCfg:
 
 
 def _hub_pretrained_cfg(config: HubConfig, base_arch: str) -> PretrainedCfg:
-    # The published model's own cfg: its Hub repo, class count and preprocessing (known once measured).
+    # The published model's own cfg: its Hub repo pinned to the pushed commit, class count and preprocessing.
+    # An unpublished config has no weight source: timm does not list it as pretrained, and asking for its
+    # weights gets a one-line answer instead of a minute of retries against a repo that does not exist.
     first_conv = _base_pretrained_cfg(base_arch).first_conv
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.data_config or {}).items()}
     labels = dict(num_classes=len(config.label_names), label_names=tuple(config.label_names)) if config.label_names else {}
-    return PretrainedCfg(hf_hub_id=config.repo_id, license=config.license, architecture=config.architecture,
+    return PretrainedCfg(hf_hub_id=config.hf_hub_id if config.is_published else None, license=config.license,
+                         architecture=config.architecture,
                          tag=config.tag, origin_url=f"https://huggingface.co/{config.repo_id}",
                          paper_ids="arXiv:2105.14399", **labels, **data, **isomax_layer_names(first_conv))
 
@@ -116,15 +120,34 @@ def _hub_configs_by_arch() -> Dict[str, Tuple[HubConfig, ...]]:
     return {arch: tuple(configs) for arch, configs in grouped.items()}
 
 
-def _add_hub_tags(name: str, base_arch: str, default_cfg: DefaultCfg) -> None:
-    # Published tags are appended: the untagged name keeps the base's default tag. Added before
-    # register_model, which copies the DefaultCfg into timm's lookup tables.
-    for config in _hub_configs_by_arch().get(name, ()):
-        if config.tag not in default_cfg.cfgs:
-            default_cfg.tags.append(config.tag)
-        default_cfg.cfgs[config.tag] = _hub_pretrained_cfg(config, base_arch)
-        default_cfg.is_pretrained = True
-        _ISOMAX_WEIGHT_TAGS.add(config.name)
+def _add_hub_tag(config: HubConfig, base_arch: str, default_cfg: DefaultCfg) -> None:
+    # Hub tags are appended: the untagged name keeps the base's default tag. Added before register_model,
+    # which copies the DefaultCfg into timm's lookup tables.
+    if config.tag not in default_cfg.cfgs:
+        default_cfg.tags.append(config.tag)
+    default_cfg.cfgs[config.tag] = _hub_pretrained_cfg(config, base_arch)
+    default_cfg.is_pretrained = default_cfg.is_pretrained or config.is_published
+    _HUB_CONFIGS[config.name] = config
+
+
+def register_hub_config(config: HubConfig) -> str:
+    """Register the tag of a hub config that is not shipped in the package (your own published model);
+    returns ``<architecture>.<tag>``. Packaged hub configs register on import.
+
+    Example:
+        >>> register_hub_config(load_hub_config("my_configs/resnet50_isomaxplus.pets.json"))
+        'resnet50_isomaxplus.pets'
+        >>> model = timm.create_model("resnet50_isomaxplus.pets", pretrained=True)
+    """
+    if config.architecture not in _VARIANTS:
+        raise ValueError(f"{config.path or config.name}: unknown IsoMax architecture {config.architecture!r}. "
+                         f"{closest_models_hint(config.architecture)}")
+    base_arch, head_type = _VARIANTS[config.architecture]
+    _add_hub_tag(config, base_arch, isomax_models.default_cfgs[config.architecture])
+    with warnings.catch_warnings():  # timm warns that the name is registered again: that is the point
+        warnings.simplefilter("ignore")
+        register_model(_make_entrypoint(config.architecture, base_arch, head_type))
+    return config.name
 
 
 def _make_entrypoint(name: str, base_arch: str, head_type: str) -> Callable[..., torch.nn.Module]:
@@ -163,7 +186,8 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
         if name in _VARIANTS:
             continue
         default_cfg = _mirrored_default_cfg(base_arch)
-        _add_hub_tags(name, base_arch, default_cfg)
+        for config in _hub_configs_by_arch().get(name, ()):
+            _add_hub_tag(config, base_arch, default_cfg)
         isomax_models.default_cfgs[name] = default_cfg
         _VARIANTS[name] = (base_arch, head_type)
         register_model(_make_entrypoint(name, base_arch, head_type))
@@ -257,7 +281,13 @@ def _create_isomax_model(
     # A tag (or no cfg) resolves to a mirrored cfg of the base architecture: its weights are the base's
     # SoftMax weights and load through timm's path for the base. Anything else (a cfg given whole by
     # hf-hub:/local-dir:, or an overlay with its own file/url) is read and judged by its keys.
-    isomax_tag = f"{variant}.{cfg.tag}" in _ISOMAX_WEIGHT_TAGS
+    hub_config = _HUB_CONFIGS.get(f"{variant}.{cfg.tag}")
+    isomax_tag = hub_config is not None
+    if pretrained and isomax_tag and not hub_config.is_published and pretrained_cfg_overlay is None:
+        raise FileNotFoundError(
+            f"{hub_config.name} has no published weights yet: its hub config ({hub_config.path}) records no push to "
+            f"{hub_config.repo_id}. Train them with `timm-isomax reproduce {hub_config.path}` and load "
+            f"timm.create_model('local-dir:{hub_config.source_checkpoint}', pretrained=True), or pass pretrained=False.")
     registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not isomax_tag and not any(
         (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
     )

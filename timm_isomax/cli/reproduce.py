@@ -19,9 +19,10 @@ from typing import List, Optional
 
 import datasets
 
-from timm_isomax.hub import read_config, write_model_card
+from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
 from timm_isomax.hub_config import HubConfig, load_hub_config, write_hub_config
 from timm_isomax.cli.finetune import main as finetune_main
+from timm_isomax.provenance import weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
 
@@ -58,6 +59,8 @@ def measure(config: HubConfig) -> HubConfig:
         # the head's temperature: 1.0 unless the model was calibrated (timm_isomax.calibrate_temperature)
         temperature=result.temperature,
         command=command,
+        # which weights these numbers describe: push refuses any other folder (timm_isomax.provenance)
+        weights_sha256=weights_sha256(folder / WEIGHTS_NAME),
     )
     config.label_names = saved.get("label_names")
     config.data_config = {k: saved["pretrained_cfg"][k] for k in

@@ -250,8 +250,8 @@ def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, eval_loaders:
         print("final evaluation (AUROC %, ID positive): " + ", ".join(
             f"{score} {name} {100 * values['auroc']:.2f}" for score, per_set in evaluation["metrics"].items()
             for name, values in per_set.items()) + f"; accuracy {100 * evaluation['accuracy']:.2f}%")
-    save_pretrained(model, output, label_names=splits.label_names,
-                    data_config=_export_data_config(model, data_config))
+    save_pretrained(model, output, label_names=splits.label_names, data_config=_export_data_config(model, data_config),
+                    provenance=dict(settings=cfg.to_json(), data=splits.identity()))
     print(f"saved the model to {output} (timm.create_model('local-dir:{output}', pretrained=True))")
 
 

@@ -126,6 +126,26 @@ def test_an_unpublished_tag_is_not_listed_and_says_so_in_one_line_at_once(offlin
     assert timm.create_model(config.name).num_classes == len(config.label_names)  # builds without weights
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_hub_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_repo(tmp_path, monkeypatch, offline):
+    # offline=False: no HF_HUB_OFFLINE, so huggingface_hub would spend ~25 s retrying an unreachable Hub
+    cache = tmp_path / "empty_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    _saved_model(tmp_path / "published", tag="elsewhere")
+    config = dataclasses.replace(_test_config(tmp_path / "published", tmp_path), tag="elsewhere",
+                                 repo_id="test-org/never-pushed", published=dict(revision=None, weights_sha256="0" * 64))
+    timm_isomax.register_hub_config(config)
+    for name in (f"{ARCH}.elsewhere", "hf-hub:test-org/never-pushed"):
+        started = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match="test-org/never-pushed") as error:
+            timm_isomax.create_model(name, pretrained=True)
+        assert "\n" not in str(error.value) and "local-dir:" in str(error.value)
+        assert time.perf_counter() - started < 20
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is offline  # the switch is restored
+
+
 def test_packaged_hub_configs_ship_in_the_package_and_register():
     configs = packaged_hub_configs()
     assert {c.name for c in configs} >= {f"{ARCH}.mnist", f"{ARCH}.fashion_mnist", "cifar_resnet20_isomaxplus.cifar10"}

@@ -4,6 +4,7 @@ A folder written by :func:`save_pretrained` loads back with
 ``timm.create_model("local-dir:FOLDER", pretrained=True)`` after ``import timm_isomax``, and the same
 files on the Hugging Face Hub load with ``hf-hub:ORG/NAME``.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -11,7 +12,7 @@ import os
 import tempfile
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "read_config",
     "validate_model_config",
     "check_model_folder",
+    "hub_downloads",
     "render_model_card",
     "write_model_card",
     "prepare_repo_folder",
@@ -67,6 +69,59 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _host_resolves(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError):
+        return False
+    except OSError:  # anything else (a slow resolver, a proxy setup): let huggingface_hub try
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
+    """Downloads of ``repo_id`` from the Hugging Face Hub (``what``: the model they are for), made predictable.
+
+    Where the Hub's host does not even resolve (no network), downloads run in offline mode for this block,
+    so a cached copy loads at once and a missing one fails at once, instead of after huggingface_hub's
+    retries (~25 s here). Any failure to get the files is one ``FileNotFoundError`` line naming the repo
+    and what to do.
+
+    Example:
+        >>> with hub_downloads("timm-isomax/resnet10t_isomaxplus.mnist", "resnet10t_isomaxplus.mnist"):
+        ...     model = timm.create_model("hf-hub:timm-isomax/resnet10t_isomaxplus.mnist", pretrained=True)
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    offline_before = constants.HF_HUB_OFFLINE
+    unreachable = not offline_before and not _host_resolves(constants.ENDPOINT)
+    if unreachable:
+        constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at each call; restored below
+    todo = (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it with "
+            f"`timm-isomax reproduce HUB_CONFIG`")
+    try:
+        yield
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        why = (f"the Hub ({constants.ENDPOINT}) is unreachable from here" if unreachable else
+               "HF_HUB_OFFLINE is set" if offline_before else "the download failed")
+        raise FileNotFoundError(f"{what}: {repo_id} is not in the local Hugging Face cache and {why}; connect and retry, "
+                                f"{todo}.") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{what}: the Hub has no repo {repo_id} (or it is private: log in with `hf auth login` "
+                                f"or set HF_TOKEN); check the name, or {todo}.") from None
+    except EntryNotFoundError as error:
+        raise FileNotFoundError(f"{what}: {repo_id} lacks a file the model needs ({str(error).splitlines()[0]}); it is "
+                                f"not a timm model repo (config.json + model.safetensors).") from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline_before
 
 
 def save_pretrained(

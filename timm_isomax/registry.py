@@ -18,6 +18,7 @@ Where the weights come from decides how they load:
   model checkpoint (``backbone.*`` and ``head.*`` keys), checked key by key; hub tags download from their
   Hub repo through the Hugging Face cache.
 """
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -32,7 +33,7 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .hub import IMPORT_HINT, check_model_folder
+from .hub import IMPORT_HINT, check_model_folder, hub_downloads
 from .hub_config import HubConfig, packaged_hub_configs
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
@@ -235,6 +236,9 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         # untrusted files: validated before timm parses them (timm's parser fails with KeyError/TypeError)
         check_model_folder(model_id, in_chans=kwargs.get("in_chans"))
     try:
+        if source == "hf-hub":
+            with hub_downloads(model_id.split("@")[0], model_name):
+                return timm.create_model(model_name, **kwargs)
         return timm.create_model(model_name, **kwargs)
     except (RuntimeError, TypeError, AssertionError, KeyError, AttributeError, IndexError) as error:
         if source is None and not isinstance(error, RuntimeError):
@@ -357,11 +361,14 @@ def _load_saved_weights(variant: str, cfg: PretrainedCfg, wrapper_kwargs: Dict[s
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
     # the class counts the weights' own config declares: asking for one of them is no request for a new head
     declared_classes = {c for c in (cfg.num_classes, saved_args.get("num_classes")) if c is not None}
+    downloads = (hub_downloads(cfg.hf_hub_id.split("@")[0], f"{variant}.{cfg.tag}" if cfg.tag else variant)
+                 if cfg.hf_hub_id and not (cfg.file or cfg.state_dict) else contextlib.nullcontext())
     try:
-        load_pretrained(model, pretrained_cfg=cfg.to_dict(), num_classes=num_classes,
-                        in_chans=kwargs.get("in_chans", 3),
-                        filter_fn=functools.partial(_isomax_checkpoint_filter, declared_classes=declared_classes),
-                        strict=True, cache_dir=cache_dir)
+        with downloads:
+            load_pretrained(model, pretrained_cfg=cfg.to_dict(), num_classes=num_classes,
+                            in_chans=kwargs.get("in_chans", 3),
+                            filter_fn=functools.partial(_isomax_checkpoint_filter, declared_classes=declared_classes),
+                            strict=True, cache_dir=cache_dir)
     except _SoftMaxStateDict as softmax:
         backbone_cfg = dataclasses.replace(_base_pretrained_cfg(base_arch), state_dict=softmax.state_dict)
         source_classes = _softmax_class_count(softmax.state_dict, backbone_cfg)

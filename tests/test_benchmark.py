@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import timm_isomax  # noqa: F401
-from timm_isomax.benchmark import (load_protocol, markdown_table, missing_inputs, run_protocol, smoke_version,
-                                   summarize)
+from timm_isomax.benchmark import (headline_table, load_protocol, load_runs, markdown_table, missing_inputs,
+                                   run_protocol, smoke_version, summarize)
 from timm_isomax.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,3 +203,16 @@ def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkey
     with pytest.raises(ValueError, match="holds a run made with other settings") as error:
         run_protocol(protocol, shared_data, tmp_path / "results", tmp_path / "runs")
     assert "\n" not in str(error.value)
+
+
+def test_the_readme_results_table_is_the_report_of_the_committed_runs():
+    import importlib.util
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    committed = (results / "headline.md").read_text()
+    assert headline_table(summarize(load_runs(results))) + "\n" == committed  # rerun --report-only after new runs
+    spec = importlib.util.spec_from_file_location("sync_readme", results.parents[1] / "scripts" / "sync_readme.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    readme = (results.parents[1] / "README.md").read_text()
+    assert sync.synced(readme, committed) == readme  # run scripts/sync_readme.py after --report-only

@@ -1,7 +1,9 @@
 """Damaged real data (the first MNIST rows of ../shared/data): undecodable images, unusual image modes,
 missing and out-of-range labels, empty splits; through ImageDataset, dataset_for_model, materialize and
 the trainer's data loading (data.load_labelled_splits)."""
+import collections
 import io
+import warnings
 
 import datasets
 import numpy as np
@@ -102,7 +104,7 @@ def _finetune_data(tmp_path, train, test, **overrides):
     folder = tmp_path / "data"  # the layout of ../shared/data: one Parquet file per split
     for name, split in (("train", train), ("test", test)):
         split.to_parquet(str(folder / f"{name}.parquet"))
-    return tdata.load_labelled_splits(str(folder), **overrides)
+    return tdata.load_labelled_splits(str(folder), **{"val_split": "test", **overrides})
 
 
 def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path):
@@ -127,10 +129,42 @@ def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path
         tdata.find_columns(mnist.cast_column("label", datasets.Value("string")), label_column="label")
 
 
-def test_a_train_limit_that_keeps_some_classes_only_warns(mnist, tmp_path):
+def test_limits_take_a_seeded_class_balanced_sample_and_say_so(mnist, tmp_path):
     by_class = mnist.sort("label")  # like an image folder: rows sorted by class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing to warn about: every class is there
+        splits = _finetune_data(tmp_path / "balanced", by_class, by_class, train_limit=10, val_limit=5, seed=3)
+    counts = collections.Counter(splits.train["label"])
+    assert len(splits.train) == 10 and max(counts.values()) - min(counts.values()) <= 1 and len(counts) == len(set(mnist["label"]))
+    assert len(set(splits.val["label"])) == 5  # 5 rows, 5 classes
+    assert splits.selection.startswith("train: 10 of 20 rows, class-balanced (seed 3); validation: 5 of 20 rows")
+    assert splits.fitted_on.endswith(":test[5 class-balanced, seed 3]")
+    again = _finetune_data(tmp_path / "again", by_class, by_class, train_limit=10, seed=3)
+    other = _finetune_data(tmp_path / "other", by_class, by_class, train_limit=10, seed=4)
+    assert list(again.train["image"]) == list(splits.train["image"]) != list(other.train["image"])
+
+
+def test_a_first_rows_limit_that_keeps_some_classes_only_warns(mnist, tmp_path):
+    by_class = mnist.sort("label")
     with pytest.warns(UserWarning, match=r"train_limit 4 keeps the first 4 rows .* only 2 of its 10 classes"):  # 20 rows: classes 0 and 1 come first
-        _finetune_data(tmp_path / "sorted", by_class, mnist, train_limit=4)
+        splits = _finetune_data(tmp_path / "sorted", by_class, mnist, train_limit=4, subset="first")
+    assert list(splits.train["label"]) == list(by_class["label"])[:4]
+
+
+def test_without_a_validation_split_a_recorded_share_of_train_is_held_out_never_test(mnist, tmp_path):
+    train = datasets.concatenate_datasets([mnist] * 5)  # 100 rows, the 20 MNIST rows five times
+    train = train.add_column("row", list(range(len(train))))
+    test = mnist.add_column("row", [-1] * len(mnist))
+    splits = _finetune_data(tmp_path / "held", train, test, val_split=None, seed=1)
+    assert splits.val_split == "train" and -1 not in splits.val["row"]  # the test split is never touched
+    assert sorted(list(splits.train["row"]) + list(splits.val["row"])) == list(range(len(train)))  # disjoint, nothing lost
+    held = collections.Counter(splits.val["label"])
+    assert held == {label: round(0.1 * n) for label, n in collections.Counter(train["label"]).items() if round(0.1 * n)}
+    assert splits.fitted_on.endswith(":train[held out 0.1, seed 1]") and "held out of 'train'" in splits.selection
+    assert list(_finetune_data(tmp_path / "same", train, test, val_split=None, seed=1).val["row"]) == list(splits.val["row"])
+    assert list(_finetune_data(tmp_path / "other", train, test, val_split=None, seed=2).val["row"]) != list(splits.val["row"])
+    with pytest.raises(ValueError, match="val_fraction must be between 0 and 1"):
+        _finetune_data(tmp_path / "bad", train, test, val_split=None, val_fraction=1.5)
 
 
 def test_column_detection_names_the_real_cause(mnist, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from timm_isomax.cli.finetune import main as finetune_main
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
 from .test_finetune import FINETUNE, REPO
@@ -79,23 +80,26 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     (["--head", "softmax", "--model", "resnet10t_isomaxplus"], "names an IsoMax architecture but --head is softmax"),
     (["--img-size", "0"], "img_size must be a positive number of pixels, got 0"),
     (["--opt", "adamww"], "unknown optimizer 'adamww'; did you mean adamw"),
+    (["--train-limit", "0"], "train_limit must be a positive number of images, got 0"),
+    (["--val-fraction", "1"], "val_fraction must be between 0 and 1"),
 ])
-def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path):
+def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path, capsys):
+    # in-process: the CLI's main is what `timm-isomax finetune` runs (the subprocess tests cover the entry point)
     args = ["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "out"), *extra]
     if "--model" in extra:
         args = args[2:]
-    result = subprocess.run([sys.executable, *FINETUNE, *args], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
-    assert result.stderr.strip().count("\n") == 0
+    code, stderr = finetune_main(args), capsys.readouterr().err
+    assert code == 2 and message in stderr, stderr[-1500:]
+    assert stderr.strip().count("\n") == 0
     assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
 
 
-def test_an_output_that_is_a_file_is_one_line(tmp_path):
+def test_an_output_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
-    result = subprocess.run([sys.executable, *FINETUNE, "--model", "resnet10t", "--dataset", "sklearn-digits",
-                             "--output", str(tmp_path / "taken")], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
+    code = finetune_main(["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "taken")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in stderr
+    assert stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
 
 
 def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypatch):
@@ -149,3 +153,38 @@ def test_two_runs_side_by_side_on_different_folders_both_finish(tmp_path):
         assert process.returncode == 0, stderr[-1500:]
         assert "holds no checkpoint yet" in stdout and "starting a new run there" in stdout  # --resume, said plainly
     assert (tmp_path / "a" / "model.safetensors").exists() and (tmp_path / "b" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_nan_in_epoch_2_keeps_epoch_1s_checkpoint_and_resume_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    from timm_isomax.train import trainer
+    from timm_isomax.train.state import CHECKPOINT_NAME, read_resume_state
+
+    settings = dict(model="resnet10t", from_scratch=True, head="isomaxplus", in_chans=1, epochs=2, train_limit=320,
+                    val_limit=64, lr=0.05, **DIGITS)
+    steps_per_epoch = 320 // DIGITS["batch_size"]
+    uninterrupted = train(TrainConfig(**settings, output=str(tmp_path / "uninterrupted")))
+
+    make_optimization = trainer.make_optimization
+
+    def poisoned(*args, **kwargs):  # the loss turns NaN at the third step of epoch 2
+        opt = make_optimization(*args, **kwargs)
+        loss_fn, calls = opt["loss_fn"], [0]
+
+        def loss(logits, targets):
+            calls[0] += 1
+            value = loss_fn(logits, targets)
+            return value * float("nan") if calls[0] == steps_per_epoch + 3 else value
+        return dict(opt, loss_fn=loss)
+
+    monkeypatch.setattr(trainer, "make_optimization", poisoned)
+    output = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match="in epoch 2.*last good checkpoint is kept.*--resume"):
+        train(TrainConfig(**settings, output=str(output)))
+    state = read_resume_state(output / TRAINING_DIR / CHECKPOINT_NAME)
+    assert state["epoch"] == 1 and not state.get("step_in_epoch")  # epoch 1's checkpoint, not a diverged one
+    assert not (output / "model.safetensors").exists()
+    monkeypatch.setattr(trainer, "make_optimization", make_optimization)  # "after fixing it, --resume"
+    train(TrainConfig(**settings, output=str(output), resume=True))
+    resumed, expected = _weights(output), _weights(uninterrupted)
+    assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)

@@ -44,7 +44,7 @@ from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, 
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
-           "markdown_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
+           "markdown_table", "headline_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+"}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS"}
@@ -247,8 +247,9 @@ def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: to
     cfg = _train_config(protocol, "softmax", 0, data_root, Path("."), None)
     model = load_softmax_model(cfg.model, cfg.checkpoint, cfg.key_map).eval()
     limit = cfg.val_limit
-    evaluation = evaluate_model(model, load_eval_set(cfg.dataset, protocol.test_split, limit),
-                                [load_eval_set(d, cfg.ood_split, limit) for d in cfg.ood_datasets],
+    # the rows the fine-tuned runs are evaluated on (the same limit, the same choice of rows)
+    evaluation = evaluate_model(model, load_eval_set(cfg.dataset, protocol.test_split, limit, subset=cfg.subset),
+                                [load_eval_set(d, cfg.ood_split, limit, subset=cfg.subset) for d in cfg.ood_datasets],
                                 list(HEAD_SCORES["softmax"]), device=device)
     metrics = {score: {name: values for name, values in per_set.items() if name != "mean"}
                for score, per_set in evaluation.metrics.items()}
@@ -413,8 +414,44 @@ def _recipe_line(entry: Dict) -> str:
              f"{settings.get('opt', 'sgd')} lr {settings.get('lr', 0.01)}", f"{settings.get('sched', 'cosine')}",
              f"augmentation {settings.get('augmentation', 'rrc')}",
              f"{settings['img_size']} px" if settings.get("img_size") else None,
-             f"first {settings['train_limit']} training images" if settings.get("train_limit") else None]
+             (f"{'first' if settings.get('subset', 'balanced') == 'first' else 'a class-balanced sample of'} "
+              f"{settings['train_limit']} training images") if settings.get("train_limit") else None]
     return ", ".join(p for p in parts if p)
+
+
+def _start_line(entry: Dict) -> str:
+    # what a protocol trains, in a few words: "cifar10, cifar_resnet20 fine-tuned from resnet20-12fca82f.th"
+    settings = entry["train"]
+    if settings.get("from_scratch"):
+        how = "from scratch"
+    else:
+        start = Path(settings["checkpoint"]).name if settings.get("checkpoint") else "pretrained"
+        how = f"frozen backbone ({start})" if settings.get("freeze_backbone") else f"fine-tuned from {start}"
+    return f"{entry['id_dataset']}, {settings['model']} {how}"
+
+
+def headline_table(summary: Sequence[Dict]) -> str:
+    """The README's results table: per protocol and OOD column (the group means where the protocol has
+    groups, else each OOD set), SoftMax and IsoMax+ accuracy, the best SoftMax score's AUROC and IsoMax+'s
+    MDS AUROC (mean ± std over seeds, the better one bold) and their difference."""
+    lines = ["| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(entry["protocol"] for entry in summary):
+        entries = {(e["head"], e["score"]): e for e in summary if e["protocol"] == name}
+        softmax = [e for (head, _), e in entries.items() if head == "softmax"]
+        mds = entries.get(("isomaxplus", "mds"))
+        if not softmax or mds is None:
+            continue
+        columns = [c for c in mds["columns"] if c.endswith(" mean")] or mds["ood_datasets"]
+        seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
+        for column in columns:
+            best = max(softmax, key=lambda e: e["metrics"][column]["auroc"]["mean"])
+            ours, theirs = mds["metrics"][column]["auroc"], best["metrics"][column]["auroc"]
+            lines.append(f"| {_start_line(mds)} | {seeds} | {column} | {_percent(softmax[0]['accuracy'])} | "
+                         f"{_percent(mds['accuracy'])} | {_percent(theirs, theirs['mean'] > ours['mean'])} "
+                         f"({_SCORE_LABELS[best['score']]}) | {_percent(ours, ours['mean'] >= theirs['mean'])} | "
+                         f"{100 * (ours['mean'] - theirs['mean']):+.2f} |")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),

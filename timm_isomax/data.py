@@ -33,6 +33,8 @@ __all__ = [
     "dataset_for_model",
     "LabelledSplits",
     "load_labelled_splits",
+    "sample_rows",
+    "SUBSETS",
     "pad_crop_flip_transform",
     "AUGMENTATIONS",
 ]
@@ -459,6 +461,9 @@ def dataset_for_model(model: torch.nn.Module, source: Union[str, datasets.Datase
 class LabelledSplits:
     """A training and a validation split, checked and ready to train on (see :func:`load_labelled_splits`).
 
+    ``fitted_on``: where the validation rows come from, as recorded with a fitted threshold;
+    ``selection``: how the rows were chosen, in words (the trainer prints it).
+
     ``for_model`` turns them (and OOD sets) into the torch datasets a model consumes, with its own
     preprocessing: the data concern stays here, the trainer only asks once.
     """
@@ -472,17 +477,13 @@ class LabelledSplits:
     label_column: str
     num_classes: int
     label_names: Optional[List[str]]
-    val_limit: Optional[int] = None
-
-    @property
-    def fitted_on(self) -> str:
-        """Where the validation rows come from, as recorded with a fitted threshold."""
-        return f"{self.source}:{self.val_split}" + (f"[:{self.val_limit}]" if self.val_limit else "")
+    fitted_on: str = ""
+    selection: str = ""
 
     def identity(self) -> Dict[str, Any]:
         """What these splits are, as a trained model's provenance records it: the source, each split's name,
         row count and the ``datasets`` fingerprint of its selected rows (another selection, another value)."""
-        return dict(source=self.source, **{f"{role}_{key}": value for role, split, name in
+        return dict(source=self.source, selection=self.selection, **{f"{role}_{key}": value for role, split, name in
                                            (("train", self.train, self.train_split), ("val", self.val, self.val_split))
                                            for key, value in (("split", name), ("rows", len(split)),
                                                               ("fingerprint", getattr(split, "_fingerprint", None)))})
@@ -533,30 +534,98 @@ def pad_crop_flip_transform(model: torch.nn.Module, data_config: Optional[Dict] 
     return transform, "L" if chans == 1 else "RGB"
 
 
+# How a limit picks its rows: a seeded class-balanced sample (the default), or the first rows (what runs
+# made before the sample existed used; protocols that compare with them say "first").
+SUBSETS = ("balanced", "first")
+# The share of the training split held out as validation when a dataset has no validation split.
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def _class_interleaved(labels: Sequence[Any], seed: int) -> List[int]:
+    # every row, in an order that takes one row of each class in turn (rows of a class in seeded random
+    # order): any prefix is as class-balanced as the class sizes allow
+    order = np.random.default_rng(seed).permutation(len(labels))
+    seen: Dict[Any, int] = {}
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for position, index in enumerate(order):
+        label = labels[index]
+        ranks[position] = seen.get(label, 0)
+        seen[label] = ranks[position] + 1
+    return [int(order[i]) for i in np.lexsort((np.arange(len(order)), ranks))]
+
+
+def sample_rows(dataset: datasets.Dataset, count: Optional[int], seed: int = 0, label_column: Optional[str] = None,
+                how: str = "balanced") -> datasets.Dataset:
+    """``count`` rows of ``dataset`` (all of them if ``count`` is None or not smaller), in dataset order.
+
+    ``how="balanced"``: a seeded sample with as many rows of each class of ``label_column`` as the class
+    sizes allow (without a label column: a seeded uniform sample); ``"first"``: the first ``count`` rows,
+    which for a dataset sorted by class (an image folder) are a few classes only.
+
+    Example:
+        >>> sample_rows(mnist_train, 1000, seed=0, label_column="label")  # 100 images of each digit
+    """
+    if how not in SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {how!r}.")
+    if count is None or count >= len(dataset):
+        return dataset
+    if how == "first":
+        return dataset.select(range(count))
+    labels = dataset[label_column] if label_column else [0] * len(dataset)
+    return dataset.select(sorted(_class_interleaved(labels, seed)[:count]))
+
+
+def _held_out(dataset: datasets.Dataset, label_column: str, fraction: float,
+              seed: int) -> Tuple[datasets.Dataset, datasets.Dataset]:
+    # (rest, held out): ``fraction`` of each class, seeded, so validation has every class in proportion
+    labels = dataset[label_column]
+    rng = np.random.default_rng(seed)
+    by_class: Dict[Any, List[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    held = []
+    for label in sorted(by_class, key=repr):
+        rows = by_class[label]
+        take = int(round(fraction * len(rows))) if len(rows) > 1 else 0
+        held.extend(int(i) for i in rng.permutation(rows)[:take])
+    held_set = set(held)
+    return (dataset.select([i for i in range(len(dataset)) if i not in held_set]), dataset.select(sorted(held)))
+
+
 def load_labelled_splits(source: str, train_split: str = "train", val_split: Optional[str] = None,
                          image_column: Optional[str] = None, label_column: Optional[str] = None,
-                         train_limit: Optional[int] = None, val_limit: Optional[int] = None) -> LabelledSplits:
+                         train_limit: Optional[int] = None, val_limit: Optional[int] = None,
+                         subset: str = "balanced", seed: int = 0,
+                         val_fraction: float = DEFAULT_VAL_FRACTION) -> LabelledSplits:
     """The training and validation splits of ``source``, checked before any training starts.
 
     Both must exist and be non-empty, with an image column and class labels in range (the class count is
     the ClassLabel's, else the largest label + 1); undecodable images are dropped with a warning giving
-    their count (:func:`drop_undecodable_images`). ``val_split`` defaults to ``validation``, ``val`` or
-    ``test``, whichever exists. Limits keep the first rows. Every problem is a one-line ``ValueError``.
+    their count (:func:`drop_undecodable_images`). ``val_split`` defaults to ``validation`` or ``val``;
+    a dataset with neither gets a seeded, class-stratified ``val_fraction`` of its training split held out
+    as validation, so that monitoring and the deployment threshold never touch its test split (pass
+    ``val_split="test"`` to choose the test split yourself). Limits take :func:`sample_rows` of each split
+    (``subset``: class-balanced and seeded by ``seed``, or the first rows). Every problem is a one-line
+    ``ValueError``.
 
     Example:
-        >>> splits = load_labelled_splits("../shared/data/cifar10", val_limit=1000)
+        >>> splits = load_labelled_splits("../shared/data/cifar10", train_limit=5000, val_limit=1000)
         >>> splits.num_classes, splits.val_split, splits.label_names[0]
-        (10, 'test', 'airplane')
+        (10, 'train', 'airplane')
+        >>> print(splits.selection)
+        train: 5000 of 45000 rows, class-balanced (seed 0); validation: 1000 of 5000 rows held out of 'train' ...
     """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {subset!r}.")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1 (the share of the training split held out), got "
+                         f"{val_fraction}.")
     all_splits = load_image_dataset(source)
-    val_split = val_split or next((name for name in ("validation", "val", "test") if name in all_splits), None)
-    if val_split is None:
-        raise ValueError(f"dataset {source!r} has no validation split among {sorted(all_splits)}; pass val_split "
-                         f"(--val-split).")
+    val_split = val_split or next((name for name in ("validation", "val") if name in all_splits), None)
     for name in (train_split, val_split):
-        if name not in all_splits:
+        if name is not None and name not in all_splits:
             raise ValueError(f"dataset {source!r} has no split {name!r}; its splits are {sorted(all_splits)}.")
-    train, val = all_splits[train_split], all_splits[val_split]
+    train = all_splits[train_split]
     image_column, label_column = find_columns(train, image_column, label_column)
     if label_column is None:
         for name in ("label", "labels"):
@@ -565,29 +634,43 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
         raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'; its columns: "
                          f"{_column_types(train)}); "
                          f"training needs labels: pass label_column (--label-column).")
-    find_columns(val, image_column, label_column)  # the validation split needs the same columns
-    if train_limit:
-        train = train.select(range(min(train_limit, len(train))))
-    if val_limit:  # only these rows are evaluated: only they need checking
-        val = val.select(range(min(val_limit, len(val))))
+    held_out = val_split is None or val_split == train_split
+    if held_out:
+        val_split = train_split
+        if len(train) < 2:
+            raise ValueError(f"split {train_split!r} of dataset {source!r} has {len(train)} row(s): too few to hold "
+                             f"out validation; pass val_split (--val-split).")
+        train, val = _held_out(train, label_column, val_fraction, seed)
+    else:
+        val = all_splits[val_split]
+        find_columns(val, image_column, label_column)  # the validation split needs the same columns
+    train_rows, val_rows = len(train), len(val)
+    train = sample_rows(train, train_limit, seed, label_column, subset)
+    val = sample_rows(val, val_limit, seed, label_column, subset)  # only these rows are evaluated: only they are checked
     for name, split in ((train_split, train), (val_split, val)):
         if len(split) == 0:
             raise ValueError(f"split {name!r} of dataset {source!r} is empty; choose another split or dataset.")
     label_feature = train.features[label_column]
     num_classes = getattr(label_feature, "num_classes", None) or _count_classes(train[label_column])
     label_names = list(getattr(label_feature, "names", [])) or None
-    if train_limit and train_limit < len(all_splits[train_split]):
+    if subset == "first" and len(train) < train_rows:
         present = len({y for y in train[label_column] if y is not None})
         if present < num_classes:  # e.g. an image folder, whose rows come sorted by class
             warnings.warn(f"train_limit {train_limit} keeps the first {len(train)} rows of {source!r}, which hold only "
-                          f"{present} of its {num_classes} classes (are its rows sorted by class?); shuffle the "
-                          f"dataset first, or raise the limit.", stacklevel=2)
+                          f"{present} of its {num_classes} classes (are its rows sorted by class?); use the "
+                          f"class-balanced subset, or raise the limit.", stacklevel=2)
+    how = "class-balanced (seed {})".format(seed) if subset == "balanced" else "the first rows"
+    held = f" held out of {train_split!r} ({val_fraction:g} of each class, seed {seed})" if held_out else f" of {val_split!r}"
+    selection = (f"train: {len(train)} of {train_rows} rows" + (f", {how}" if len(train) < train_rows else "")
+                 + f"; validation: {len(val)} of {val_rows} rows{held}" + (f", {how}" if len(val) < val_rows else ""))
+    limit_note = (f"[:{len(val)}]" if subset == "first" else f"[{len(val)} class-balanced, seed {seed}]") if len(val) < val_rows else ""
+    fitted_on = f"{source}:{val_split}" + (f"[held out {val_fraction:g}, seed {seed}]" if held_out else "") + limit_note
     train, _ = drop_undecodable_images(train, image_column, name=f"split {train_split!r} of {source!r}")
     val, _ = drop_undecodable_images(val, image_column, name=f"split {val_split!r} of {source!r}")
     for name, split in ((train_split, train), (val_split, val)):
         check_labels(split, label_column, num_classes, name=f"split {name!r} of {source!r}")
     return LabelledSplits(source, train, val, train_split, val_split, image_column, label_column, num_classes,
-                          label_names, val_limit)
+                          label_names, fitted_on, selection)
 
 
 def _count_classes(labels: List[Any]) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import dataset_for_model, find_columns, load_image_dataset
+from .data import dataset_for_model, find_columns, load_image_dataset, sample_rows
 from .engine import predict
 from .train.config import HEAD_SCORES
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
@@ -81,9 +81,11 @@ class EvalSet:
         return dict(name=self.name, source=self.source, split=self.split, images=len(self.dataset))
 
 
-def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None, name: Optional[str] = None) -> EvalSet:
+def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None, name: Optional[str] = None,
+                  seed: int = 0, subset: str = "balanced") -> EvalSet:
     """Load ``split`` of ``source`` (anything :func:`timm_isomax.data.load_image_dataset` takes), keeping
-    the first ``limit`` images. Labels are optional (OOD sets may be label-free).
+    ``limit`` images: a class-balanced sample seeded by ``seed`` (uniform where the set has no labels), or
+    with ``subset="first"`` the first ones. Labels are optional (OOD sets may be label-free).
 
     Example:
         >>> ood = load_eval_set("../shared/data/notmnist", "test", limit=500)
@@ -92,13 +94,12 @@ def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None,
         raise ValueError(f"limit must be a positive number of images, got {limit}.")
     dataset = load_image_dataset(source, split=split)
     try:
-        find_columns(dataset)
+        _, label_column = find_columns(dataset)
     except ValueError as error:
         raise ValueError(f"dataset {source!r} ({split}) has no images to evaluate: {error}") from None
     if len(dataset) == 0:
         raise ValueError(f"dataset {source!r} ({split}) is empty.")
-    if limit is not None and limit < len(dataset):
-        dataset = dataset.select(range(limit))
+    dataset = sample_rows(dataset, limit, seed, label_column, subset)
     return EvalSet(name or _dataset_name(source), source, split, dataset)
 
 

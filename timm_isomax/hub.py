@@ -144,7 +144,7 @@ def save_pretrained(
         data_config: preprocessing to record (timm data config keys), if not the model's own.
         tag: the pretrained tag of these weights (e.g. ``"cifar10"``); the source's tag is never kept.
         provenance: what produced the weights (the trainer passes its settings and data identity), recorded
-            in config.json as ``isomax.provenance`` beside the SHA-256 of the weights, which is always recorded
+            in config.json as ``provenance`` beside the SHA-256 of the weights, which is always recorded
             (:mod:`timm_isomax.provenance`).
 
     Example:
@@ -160,10 +160,12 @@ def save_pretrained(
     if label_names is not None:
         extra["label_names"] = list(label_names)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    isomax_block = dict(head_type=model.head_type, **model.ood_config) if isinstance(model, IsoMaxClassifier) else {}
-    isomax_block.update(isomax_metadata or {})
-    isomax_block[PROVENANCE_KEY] = dict(provenance or {}, weights_sha256=weights_sha256(state_dict))
-    extra[ISOMAX_CONFIG_KEY] = isomax_block
+    if isinstance(model, IsoMaxClassifier):
+        extra[ISOMAX_CONFIG_KEY] = dict(head_type=model.head_type, **model.ood_config, **(isomax_metadata or {}))
+    elif isomax_metadata:
+        extra[ISOMAX_CONFIG_KEY] = dict(isomax_metadata)
+    # top level, not in the "isomax" block: a SoftMax folder stays a plain timm folder with one extra record
+    extra[PROVENANCE_KEY] = dict(provenance or {}, weights_sha256=weights_sha256(state_dict))
     _atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
     _atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
     return folder
@@ -239,7 +241,7 @@ def _pretrained_cfg_problem(pretrained_cfg: Dict[str, Any]) -> Optional[str]:
 
 
 # top-level keys of timm's legacy config.json layout that are not pretrained cfg fields
-_LEGACY_TOP_LEVEL = ("architecture", "num_features", "labels", "label_names", "label_descriptions")
+_LEGACY_TOP_LEVEL = ("architecture", "num_features", "labels", "label_names", "label_descriptions", PROVENANCE_KEY)
 
 
 def _config_problem(config: Any) -> Optional[str]:

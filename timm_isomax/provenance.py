@@ -1,7 +1,7 @@
 """Provenance: what produced a model folder, and whether a folder holds the model a hub config measured.
 
 Every folder :func:`timm_isomax.hub.save_pretrained` writes records the SHA-256 of its weights in
-config.json (``isomax.provenance.weights_sha256``); the trainer adds the run's settings and the identity
+config.json (``provenance.weights_sha256``, a top-level key timm ignores); the trainer adds the run's settings and the identity
 of the data it trained on. ``timm-isomax reproduce`` records the hash of the folder it measured beside the
 numbers in the hub config (``metrics.weights_sha256``), and ``timm-isomax push`` refuses a folder that is
 not that one (:func:`folder_mismatch`), so a card can never describe other weights::
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["weights_sha256", "recorded_provenance", "folder_mismatch", "check_folder_matches", "PROVENANCE_KEY",
            "DATA_CONFIG_KEYS"]
 
-# Key of the provenance record inside config.json's "isomax" block.
+# Top-level key of the provenance record in config.json.
 PROVENANCE_KEY = "provenance"
 # The preprocessing a hub config records (and a pushed folder must match).
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -60,7 +60,8 @@ def weights_sha256(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> str:
 
 def recorded_provenance(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The provenance record of a model folder's config.json (empty for folders written before it existed)."""
-    return dict((config.get("isomax") or {}).get(PROVENANCE_KEY) or {})
+    record = config.get(PROVENANCE_KEY)
+    return dict(record) if isinstance(record, dict) else {}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -22,12 +22,14 @@ from pathlib import Path
 import datasets
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.benchmark import (TABLE_METRICS, load_protocol, load_runs, markdown_table, missing_inputs,
-                                   run_protocol, smoke_version, summarize)
+from timm_isomax.benchmark import (TABLE_METRICS, headline_table, load_protocol, load_runs, markdown_table,
+                                   missing_inputs, run_protocol, smoke_version, summarize)
 from timm_isomax.plots import plot_benchmark
 
 # the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)
 PROTOCOLS = Path(str(importlib.resources.files("timm_isomax.protocols")))
+# the README's results table, regenerated with the other reports (scripts/sync_readme.py copies it in)
+HEADLINE_NAME = "headline.md"
 # paths relative to where it runs (the repository root, next to ../shared)
 DEFAULT_DATA_ROOT = os.environ.get("TIMM_ISOMAX_SHARED_DATA", str(Path("..") / "shared" / "data"))
 WORKDIR = Path(".")  # outputs go under the folder it runs in
@@ -62,6 +64,7 @@ def _write_report(output: Path, names) -> None:
     (output / "summary.json").write_text(json.dumps(summary, indent=1))
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         (output / f"{name}.md").write_text(markdown_table(summary, TABLE_METRICS, protocol=name) + "\n")
+    (output / HEADLINE_NAME).write_text(headline_table(summary) + "\n")
     plot = plot_benchmark(summary, output / "ood_benchmark.png")
     print("\n\n".join(markdown_table(summary, protocol=name) for name in names))
     print(f"\nfull tables: {output}/<protocol>.md; plot: {plot}")

@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--ood-dataset", action="append", default=[], help="OOD dataset (repeatable)")
     p.add_argument("--ood-split", default="test")
-    p.add_argument("--limit", type=int, help="use the first N images of each set")
+    p.add_argument("--limit", type=int, help="use N images of each set (a class-balanced sample, seed 0)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output", help="save the converted IsoMax+ model to this folder")

@@ -41,7 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 elsewhere")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--limit", type=int, default=None, help="use the first N images of each set")
+    p.add_argument("--limit", type=int, default=None, help="use N images of each set (a class-balanced sample, seed 0)")
     p.add_argument("--output", default="ood_eval", help="folder for results.json, results.csv and the PNGs")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -60,13 +60,18 @@ def parse_args(argv=None) -> TrainConfig:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, help="Hub dataset id or local path (Parquet, save_to_disk, imagefolder)")
     g.add_argument("--train-split", default="train")
-    g.add_argument("--val-split", default=None, help="default: validation, val or test, whichever exists")
+    g.add_argument("--val-split", default=None, help="default: validation or val; without either, --val-fraction of "
+                   "the training split is held out (the test split is never used unless you name it)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out of the training split "
+                   "as validation when there is no validation split (seeded by --seed)")
     g.add_argument("--image-column")
     g.add_argument("--label-column")
     g.add_argument("--ood-dataset", dest="ood_datasets", action="append", default=[], help="OOD set for AUROC (repeatable)")
     g.add_argument("--ood-split", default="test")
-    g.add_argument("--train-limit", type=int, help="use the first N training images")
-    g.add_argument("--val-limit", type=int, help="use the first N images of the validation and OOD sets")
+    g.add_argument("--train-limit", type=int, help="use N training images (a class-balanced sample, see --subset)")
+    g.add_argument("--val-limit", type=int, help="use N images of the validation and of each OOD set")
+    g.add_argument("--subset", default="balanced", choices=("balanced", "first"),
+                   help="how the limits pick rows: a class-balanced sample seeded by --seed (default), or the first rows")
     g.add_argument("--img-size", type=int, help="input size (default: the model's)")
     g.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the model's)")
     g.add_argument("--std", type=float, nargs="+", help="normalisation std (default: the model's)")

@@ -3,7 +3,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data import AUGMENTATIONS
+from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
 from ..model import DEFAULT_OOD_SCORES
 from ..scores import SCORES
 
@@ -50,6 +50,9 @@ class TrainConfig:
     ``crop_padding``, random crop, flip: the CIFAR recipe) or ``none``.
     ``ood_eval_every``: epochs between OOD AUROCs in the log (0: only the final evaluation, which always runs
     when ``ood_datasets`` are given and writes every score's metrics to ``training/evaluation.json``).
+    ``train_limit`` / ``val_limit`` (the latter also for the OOD sets): ``subset`` picks the rows, a
+    class-balanced sample seeded by ``seed`` or the first rows. Without ``val_split`` and without a
+    ``validation`` / ``val`` split, ``val_fraction`` of each class of the training split is held out.
     """
 
     model: str
@@ -97,6 +100,8 @@ class TrainConfig:
     workers: int = 2
     train_limit: Optional[int] = None
     val_limit: Optional[int] = None
+    subset: str = "balanced"
+    val_fraction: float = DEFAULT_VAL_FRACTION
     ood_eval_every: int = 1
     checkpoint_every: int = 0
     resume: bool = False
@@ -130,6 +135,13 @@ class TrainConfig:
             return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:
             return f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}."
+        if self.subset not in SUBSETS:
+            return f"subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}."
+        if not 0 < self.val_fraction < 1:
+            return f"val_fraction must be between 0 and 1 (the share of the training split held out), got {self.val_fraction}."
+        for name in ("train_limit", "val_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                return f"{name} must be a positive number of images, got {getattr(self, name)} (leave it out for all)."
         if self.in_chans is not None and self.in_chans not in (1, 3):
             return f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}."
         if self.score is not None and self.score not in SCORES:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_labelled_splits, model_data_config
+from ..data import dataset_for_model, find_columns, load_image_dataset, load_labelled_splits, model_data_config, sample_rows
 from ..hub import save_pretrained
 from ..metrics import TPR_LEVEL
 from ..model import IsoMaxClassifier
@@ -85,13 +85,14 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
         print(f"--resume: {output} holds no checkpoint yet ({checkpoint_path}); starting a new run there.")
     seed_everything(cfg.seed)
     splits = load_labelled_splits(cfg.dataset, cfg.train_split, cfg.val_split, cfg.image_column, cfg.label_column,
-                                  cfg.train_limit, cfg.val_limit)
+                                  cfg.train_limit, cfg.val_limit, cfg.subset, cfg.seed, cfg.val_fraction)
     resume_state = read_resume_state(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
     # checkpoints older than the "architecture" entry rebuild the start model, then load over it
     model = (resumed_model(resume_state, splits.num_classes) if resume_state and "architecture" in resume_state
              else build_start_model(cfg, splits.num_classes, splits.train)).to(runtime.device)
     head = model.head_type if isinstance(model, IsoMaxClassifier) else "softmax"
     if runtime.is_main:
+        print(f"data: {splits.selection}")
         print(f"start model: {model.pretrained_cfg.get('architecture')} ({model.conversion.method}: "
               f"{model.conversion.reason}); {splits.num_classes} classes, {len(splits.train)} training images")
     if cfg.channels_last:
@@ -102,8 +103,8 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
 
     data_config = data_config_overrides(cfg, model)
     train_set, val_set = splits.for_model(model, _train_transform(cfg), data_config)
-    ood_sets = {_ood_name(source): dataset_for_model(model, source, split=cfg.ood_split, limit=cfg.val_limit,
-                                                     data_config=data_config, skip_undecodable=True)
+    ood_sets = {_ood_name(source): dataset_for_model(model, _ood_rows(source, cfg), data_config=data_config,
+                                                     skip_undecodable=True)
                 for source in cfg.ood_datasets}
     loader_kwargs = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=runtime.device.type == "cuda",
                          persistent_workers=False)
@@ -231,6 +232,13 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
         _finish(cfg, model, head, splits, eval_loaders, last_logits, runtime, output, data_config)
     runtime.barrier()
     return output
+
+
+def _ood_rows(source: str, cfg: TrainConfig):
+    # val_limit rows of an OOD set, picked like the validation rows (class-balanced where it has labels)
+    dataset = load_image_dataset(source, split=cfg.ood_split)
+    label_column = find_columns(dataset)[1] if cfg.val_limit else None
+    return sample_rows(dataset, cfg.val_limit, cfg.seed, label_column, cfg.subset)
 
 
 def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, eval_loaders: EvalLoaders, logits,

@@ -143,8 +143,9 @@ def test_threshold_is_fitted_stored_restored_and_flags_ood_images(models, shared
         flags = is_ood(restored, id_batch)
         assert flags.dtype == torch.bool and 1 - flags.double().mean().item() >= 0.95  # ID accepted as fitted
         letters = torch.cat([x for x, _ in _loader(model, shared_data, "notmnist", range(500))])
-        # measured (seed 0): 57% of notMNIST letters flagged at the 95%-TPR threshold (37% of Fashion-MNIST)
-        assert is_ood(restored, letters).double().mean().item() > 0.4
+        # far more letters flagged than the 5% of digits the threshold allows: measured (seed 0) 57% when the
+        # models trained on the first 3000 rows, 35% on a class-balanced sample of 3000
+        assert is_ood(restored, letters).double().mean().item() > 0.2
 
         # predict: PIL images take the model's own preprocessing, same answers as the preprocessed batch
         pil_images = [row["image"] for row in load_image_dataset(str(shared_data / "mnist"), split="test").select(range(8))]

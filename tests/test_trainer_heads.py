@@ -9,6 +9,7 @@ import safetensors.torch
 import torch
 
 from timm_isomax.cli.finetune import main as finetune_main
+from timm_isomax.provenance import recorded_provenance, weights_sha256
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
 from .test_finetune import FINETUNE, REPO
@@ -140,6 +141,13 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     same = subprocess.run([sys.executable, *FINETUNE, *base, "--resume", "--workers", "1"], capture_output=True,
                           text=True, cwd=REPO)  # where it runs may change
     assert same.returncode == 0, same.stderr[-1500:]
+    # the explicit way to train a finished run further: a new run that starts from it, with its own schedule
+    assert "--model local-dir:" in changed.stderr
+    further = train(TrainConfig(model=f"local-dir:{tmp_path / 'run'}", head="softmax", epochs=1, lr=0.5,
+                                train_limit=128, output=str(tmp_path / "further"), **DIGITS))
+    history = recorded_provenance(json.loads((further / "config.json").read_text()))
+    assert history["settings"]["lr"] == 0.5 and history["started_from"]["provenance"]["settings"]["lr"] == 0.01
+    assert history["started_from"]["weights_sha256"] == weights_sha256(tmp_path / "run" / "model.safetensors")
 
 
 @pytest.mark.slow

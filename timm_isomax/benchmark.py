@@ -259,15 +259,34 @@ def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: to
     return row
 
 
+def _class_count(dataset: str, split: str) -> int:
+    from .data import find_columns, load_image_dataset
+
+    rows = load_image_dataset(dataset, split=split)
+    labels = rows.features[find_columns(rows)[1]]
+    return getattr(labels, "num_classes", None) or int(max(rows[find_columns(rows)[1]])) + 1
+
+
 def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[str, TrainConfig], rounds: int,
                         device: torch.device) -> None:
     import timm
 
     from .data import dataset_for_model
+    from .train.start_model import data_config_overrides
 
-    models = {head: timm.create_model(f"local-dir:{configs[head].output}", pretrained=True) for head in configs}
+    arch = {row["head"]: row["arch"] for row in run["rows"]}
+    models = {}
+    for head, cfg in configs.items():
+        if (Path(cfg.output) / "config.json").is_file():
+            models[head] = timm.create_model(f"local-dir:{cfg.output}", pretrained=True)
+        else:
+            # the run folder is gone (trained in an earlier session, its outputs/ not kept): inference speed
+            # depends on the architecture, not on the weights, so an untrained model of it is timed
+            models[head] = timm.create_model(arch[head], num_classes=_class_count(cfg.dataset, protocol.test_split),
+                                             **({"in_chans": cfg.in_chans} if cfg.in_chans else {}))
     first = next(iter(models.values()))
-    test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256)
+    test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256,
+                             data_config=data_config_overrides(configs[protocol.heads[0]], first))
     batch = torch.stack([test[i][0] for i in range(len(test))])
     rates = inference_throughput(models, batch, rounds, device)
     for row in run["rows"]:
@@ -430,12 +449,15 @@ def _start_line(entry: Dict) -> str:
     return f"{entry['id_dataset']}, {settings['model']} {how}"
 
 
-def headline_table(summary: Sequence[Dict]) -> str:
-    """The README's results table: per protocol and OOD column (the group means where the protocol has
-    groups, else each OOD set), SoftMax and IsoMax+ accuracy, the best SoftMax score's AUROC and IsoMax+'s
-    MDS AUROC (mean ± std over seeds, the better one bold) and their difference."""
-    lines = ["| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best |",
-             "|---|---|---|---|---|---|---|---|"]
+def headline_table(runs: Sequence[Dict]) -> str:
+    """The README's results table from the runs (:func:`load_runs`): per protocol and OOD column (the group
+    means where the protocol has groups, else each OOD set), SoftMax and IsoMax+ accuracy, the best SoftMax
+    score's AUROC and IsoMax+'s MDS AUROC (mean ± std over the seeds that have both heads) and their
+    difference, and IsoMax's accuracy and entropic AUROC where it ran on the same seeds; the best AUROC bold."""
+    paired = [run for run in runs if {"softmax", "isomaxplus"} <= {row["head"] for row in run["rows"]}]
+    summary = summarize(paired) if paired else []
+    lines = ["| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best "
+             "| IsoMax acc | IsoMax entropic AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         entries = {(e["head"], e["score"]): e for e in summary if e["protocol"] == name}
         softmax = [e for (head, _), e in entries.items() if head == "softmax"]
@@ -444,13 +466,20 @@ def headline_table(summary: Sequence[Dict]) -> str:
             continue
         columns = [c for c in mds["columns"] if c.endswith(" mean")] or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
+        entropic = entries.get(("isomax", "entropic"))
+        if entropic is not None and set(entropic["seeds"]) != set(mds["seeds"]):
+            entropic = None  # IsoMax on other seeds than the two compared: left out, not mixed in
         for column in columns:
             best = max(softmax, key=lambda e: e["metrics"][column]["auroc"]["mean"])
             ours, theirs = mds["metrics"][column]["auroc"], best["metrics"][column]["auroc"]
+            first = entropic["metrics"][column]["auroc"] if entropic else None
+            top = max(ours["mean"], theirs["mean"], first["mean"] if first else 0.0)
+            isomax = (f"{_percent(entropic['accuracy'])} | {_percent(first, first['mean'] == top)}" if entropic
+                      else "not run | not run")
             lines.append(f"| {_start_line(mds)} | {seeds} | {column} | {_percent(softmax[0]['accuracy'])} | "
-                         f"{_percent(mds['accuracy'])} | {_percent(theirs, theirs['mean'] > ours['mean'])} "
-                         f"({_SCORE_LABELS[best['score']]}) | {_percent(ours, ours['mean'] >= theirs['mean'])} | "
-                         f"{100 * (ours['mean'] - theirs['mean']):+.2f} |")
+                         f"{_percent(mds['accuracy'])} | {_percent(theirs, theirs['mean'] == top)} "
+                         f"({_SCORE_LABELS[best['score']]}) | {_percent(ours, ours['mean'] == top)} | "
+                         f"{100 * (ours['mean'] - theirs['mean']):+.2f} | {isomax} |")
     return "\n".join(lines)
 
 

@@ -60,11 +60,12 @@ def _protocol_path(entry: str) -> Path:
 
 def _write_report(output: Path, names) -> None:
     # summary.json and the plot cover every protocol with runs in ``output``, the printout those just run
-    summary = summarize(load_runs(output))
+    runs = load_runs(output)
+    summary = summarize(runs)
     (output / "summary.json").write_text(json.dumps(summary, indent=1))
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         (output / f"{name}.md").write_text(markdown_table(summary, TABLE_METRICS, protocol=name) + "\n")
-    (output / HEADLINE_NAME).write_text(headline_table(summary) + "\n")
+    (output / HEADLINE_NAME).write_text(headline_table(runs) + "\n")
     plot = plot_benchmark(summary, output / "ood_benchmark.png")
     print("\n\n".join(markdown_table(summary, protocol=name) for name in names))
     print(f"\nfull tables: {output}/<protocol>.md; plot: {plot}")

@@ -60,7 +60,8 @@ def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
         raise ValueError(f"{training_dir.parent} holds a run made with other settings ({shown}"
                          f"{', ...' if len(changed) > 4 else ''}); resume it with its own settings (see {path}), "
-                         f"or choose another output folder for the new ones.")
+                         f"or train it further in a new run that starts from it (--model local-dir:"
+                         f"{training_dir.parent} --output NEW: its provenance keeps both runs' settings).")
 
 
 def read_resume_state(path: Path) -> Dict[str, Any]:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..data import dataset_for_model, find_columns, load_image_dataset, load_labelled_splits, model_data_config, sample_rows
-from ..hub import save_pretrained
+from ..hub import WEIGHTS_NAME, read_config, save_pretrained
+from ..provenance import recorded_provenance, weights_sha256
 from ..metrics import TPR_LEVEL
 from ..model import IsoMaxClassifier
 from ..ood import fit_threshold
@@ -259,8 +260,19 @@ def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, eval_loaders:
             f"{score} {name} {100 * values['auroc']:.2f}" for score, per_set in evaluation["metrics"].items()
             for name, values in per_set.items()) + f"; accuracy {100 * evaluation['accuracy']:.2f}%")
     save_pretrained(model, output, label_names=splits.label_names, data_config=_export_data_config(model, data_config),
-                    provenance=dict(settings=cfg.to_json(), data=splits.identity()))
+                    provenance=dict(settings=cfg.to_json(), data=splits.identity(), **_started_from(cfg)))
     print(f"saved the model to {output} (timm.create_model('local-dir:{output}', pretrained=True))")
+
+
+def _started_from(cfg: TrainConfig) -> Dict[str, Any]:
+    # a run that continues a saved model (--model local-dir:FOLDER) keeps that model's own provenance, so a
+    # chain of runs records every run's settings
+    if not cfg.model.startswith("local-dir:"):
+        return {}
+    folder = Path(cfg.model[len("local-dir:"):])
+    saved = read_config(folder)
+    return {"started_from": dict(model=cfg.model, weights_sha256=weights_sha256(folder / WEIGHTS_NAME),
+                                 provenance={k: v for k, v in recorded_provenance(saved).items() if k != "weights_sha256"})}
 
 
 def _export_data_config(model: nn.Module, overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -101,6 +101,8 @@ def test_ten_random_sigkills_then_resume_end_with_the_uninterrupted_weights(unin
         positions.append(position)
     assert kills == KILLS, f"the run finished after {kills} kills; lengthen it"
     assert positions[-1] > 0, "no kill came after a checkpoint"
+    code, text = Run(finetune_args(shared_data, output)).finish()  # the same command without --resume
+    assert code == 2 and "pass resume=True (--resume)" in text, text[-3000:]
     code, text = Run(finetune_args(shared_data, output, extra=["--resume"])).finish()
     assert code == 0, text[-3000:]
     expected, got = weights(expected_output), weights(output)

@@ -259,19 +259,11 @@ def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: to
     return row
 
 
-def _class_count(dataset: str, split: str) -> int:
-    from .data import find_columns, load_image_dataset
-
-    rows = load_image_dataset(dataset, split=split)
-    labels = rows.features[find_columns(rows)[1]]
-    return getattr(labels, "num_classes", None) or int(max(rows[find_columns(rows)[1]])) + 1
-
-
 def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[str, TrainConfig], rounds: int,
                         device: torch.device) -> None:
     import timm
 
-    from .data import dataset_for_model
+    from .data import class_count, dataset_for_model, find_columns, load_image_dataset
     from .train.start_model import data_config_overrides
 
     arch = {row["head"]: row["arch"] for row in run["rows"]}
@@ -282,7 +274,8 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
         else:
             # the run folder is gone (trained in an earlier session, its outputs/ not kept): inference speed
             # depends on the architecture, not on the weights, so an untrained model of it is timed
-            models[head] = timm.create_model(arch[head], num_classes=_class_count(cfg.dataset, protocol.test_split),
+            test_rows = load_image_dataset(cfg.dataset, split=protocol.test_split)
+            models[head] = timm.create_model(arch[head], num_classes=class_count(test_rows, find_columns(test_rows)[1]),
                                              **({"in_chans": cfg.in_chans} if cfg.in_chans else {}))
     first = next(iter(models.values()))
     test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256,

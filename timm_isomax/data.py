@@ -34,6 +34,7 @@ __all__ = [
     "LabelledSplits",
     "load_labelled_splits",
     "sample_rows",
+    "class_count",
     "SUBSETS",
     "pad_crop_flip_transform",
     "AUGMENTATIONS",
@@ -541,6 +542,22 @@ SUBSETS = ("balanced", "first")
 DEFAULT_VAL_FRACTION = 0.1
 
 
+def subset_problem(subset: str) -> Optional[str]:
+    """What is wrong with a subset name, or None (the one check behind TrainConfig and the loaders)."""
+    return None if subset in SUBSETS else f"subset must be one of {', '.join(SUBSETS)}, got {subset!r}."
+
+
+def val_fraction_problem(fraction: float) -> Optional[str]:
+    """What is wrong with a held-out validation share, or None."""
+    return (None if 0 < fraction < 1 else
+            f"val_fraction must be between 0 and 1 (the share of the training split held out), got {fraction}.")
+
+
+def class_count(split: datasets.Dataset, label_column: str) -> int:
+    """The class count of ``split``: its ClassLabel's, else (integer labels) the largest label + 1."""
+    return getattr(split.features[label_column], "num_classes", None) or _count_classes(split[label_column])
+
+
 def _class_interleaved(labels: Sequence[Any], seed: int) -> List[int]:
     # every row, in an order that takes one row of each class in turn (rows of a class in seeded random
     # order): any prefix is as class-balanced as the class sizes allow
@@ -565,8 +582,8 @@ def sample_rows(dataset: datasets.Dataset, count: Optional[int], seed: int = 0, 
     Example:
         >>> sample_rows(mnist_train, 1000, seed=0, label_column="label")  # 100 images of each digit
     """
-    if how not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {how!r}.")
+    if subset_problem(how):
+        raise ValueError(subset_problem(how))
     if count is None or count >= len(dataset):
         return dataset
     if how == "first":
@@ -615,11 +632,9 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
         >>> print(splits.selection)
         train: 5000 of 45000 rows, class-balanced (seed 0); validation: 1000 of 5000 rows held out of 'train' ...
     """
-    if subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {subset!r}.")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (the share of the training split held out), got "
-                         f"{val_fraction}.")
+    problem = subset_problem(subset) or val_fraction_problem(val_fraction)
+    if problem:  # before anything loads
+        raise ValueError(problem)
     all_splits = load_image_dataset(source)
     val_split = val_split or next((name for name in ("validation", "val") if name in all_splits), None)
     for name in (train_split, val_split):
@@ -650,9 +665,8 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     for name, split in ((train_split, train), (val_split, val)):
         if len(split) == 0:
             raise ValueError(f"split {name!r} of dataset {source!r} is empty; choose another split or dataset.")
-    label_feature = train.features[label_column]
-    num_classes = getattr(label_feature, "num_classes", None) or _count_classes(train[label_column])
-    label_names = list(getattr(label_feature, "names", [])) or None
+    num_classes = class_count(train, label_column)
+    label_names = list(getattr(train.features[label_column], "names", [])) or None
     if subset == "first" and len(train) < train_rows:
         present = len({y for y in train[label_column] if y is not None})
         if present < num_classes:  # e.g. an image folder, whose rows come sorted by class

@@ -425,11 +425,17 @@ def prepare_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Unio
     """Write exactly what goes to the Hub into ``out``: config.json, model.safetensors, README.md.
 
     The model in ``folder`` (a ``save_pretrained`` / fine-tuning output) is re-exported, so the repo
-    holds only the Hub files (no training state), the hub config's tag and the usage hint.
+    holds only the Hub files (no training state), the hub config's tag and the usage hint. Refuses a folder
+    that is not the model the hub config measured (as :func:`push_to_hub` does).
     """
+    _check_publishable(folder, config)
+    return _write_repo_folder(folder, config, out)
+
+
+def _write_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Union[str, Path]) -> List[Path]:
+    # prepare_repo_folder without the check: push_to_hub checks once, before contacting the Hub
     import timm  # the local-dir: loader
 
-    _check_publishable(folder, config)
     saved = read_config(folder)
     model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
     out = Path(out)
@@ -485,7 +491,7 @@ def push_to_hub(
         raise FileExistsError(f"{config.repo_id} already holds {sorted(existing)} on the Hub; pass force=True "
                               f"(--force) to overwrite them.")
     with tempfile.TemporaryDirectory() as staging:
-        prepare_repo_folder(folder, config, staging)
+        _write_repo_folder(folder, config, staging)
         commit = api.upload_folder(repo_id=config.repo_id, repo_type="model", folder_path=staging,
                                    commit_message=f"Upload {config.name} (timm-isomax)")
     # the record that makes the tag loadable (pinned to this commit) once the hub config ships

@@ -36,7 +36,7 @@ import sys
 import datasets
 
 from timm_isomax.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
-from timm_isomax.data import AUGMENTATIONS
+from timm_isomax.data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
 from timm_isomax.scores import SCORES
 from timm_isomax.train import HEADS, TrainConfig, train
 
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default=None, help="default: validation or val; without either, --val-fraction of "
                    "the training split is held out (the test split is never used unless you name it)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out of the training split "
+    g.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="share of each class held out of the training split "
                    "as validation when there is no validation split (seeded by --seed)")
     g.add_argument("--image-column")
     g.add_argument("--label-column")
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--ood-split", default="test")
     g.add_argument("--train-limit", type=int, help="use N training images (a class-balanced sample, see --subset)")
     g.add_argument("--val-limit", type=int, help="use N images of the validation and of each OOD set")
-    g.add_argument("--subset", default="balanced", choices=("balanced", "first"),
+    g.add_argument("--subset", default=SUBSETS[0], choices=SUBSETS,
                    help="how the limits pick rows: a class-balanced sample seeded by --seed (default), or the first rows")
     g.add_argument("--img-size", type=int, help="input size (default: the model's)")
     g.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the model's)")

@@ -3,7 +3,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
+from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
 from ..model import DEFAULT_OOD_SCORES
 from ..scores import SCORES
 
@@ -135,10 +135,9 @@ class TrainConfig:
             return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:
             return f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}."
-        if self.subset not in SUBSETS:
-            return f"subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}."
-        if not 0 < self.val_fraction < 1:
-            return f"val_fraction must be between 0 and 1 (the share of the training split held out), got {self.val_fraction}."
+        data_problem = subset_problem(self.subset) or val_fraction_problem(self.val_fraction)
+        if data_problem:
+            return data_problem
         for name in ("train_limit", "val_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 return f"{name} must be a positive number of images, got {getattr(self, name)} (leave it out for all)."

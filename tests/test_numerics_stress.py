@@ -4,9 +4,9 @@ error). Complements tests/test_heads_losses.py (zero features, fp32 under autoca
 import pytest
 import torch
 
-from timm_isomax import IsoMaxHead, IsoMaxLoss, IsoMaxPlusHead, IsoMaxPlusLoss
+from timm_isomax import DisMaxHead, DisMaxLoss, IsoMaxHead, IsoMaxLoss, IsoMaxPlusHead, IsoMaxPlusLoss
 
-HEADS = [(IsoMaxPlusHead, IsoMaxPlusLoss), (IsoMaxHead, IsoMaxLoss)]
+HEADS = [(IsoMaxPlusHead, IsoMaxPlusLoss), (IsoMaxHead, IsoMaxLoss), (DisMaxHead, DisMaxLoss)]
 MODES = ["matmul", "cdist"]
 
 

@@ -1,23 +1,24 @@
-"""timm-isomax: IsoMax and IsoMax+ out-of-distribution detection for every timm architecture.
+"""timm-isomax: IsoMax, IsoMax+ and DisMax out-of-distribution detection for every timm architecture.
 
-``import timm_isomax`` registers ``<arch>_isomaxplus`` and ``<arch>_isomax`` for every timm classification
-architecture in timm's own registry::
+``import timm_isomax`` registers ``<arch>_isomaxplus``, ``<arch>_isomax`` and ``<arch>_dismax`` for every timm
+classification architecture in timm's own registry::
 
     import timm, timm_isomax
     model = timm.create_model("resnet50_isomaxplus", num_classes=10)
     logits = model(images)                                   # -|s| * ||f^ - p^_c||
     loss = timm_isomax.IsoMaxPlusLoss()(logits, targets)     # entropic scale 10
     ood_score = timm_isomax.scores.mds(logits)               # higher = more in-distribution
+    dismax = timm.create_model("resnet50_dismax", num_classes=10)  # score: timm_isomax.scores.mmles
 
 timm has no plugin discovery: the import must come before ``timm.create_model`` (also for ``hf-hub:``
 names of IsoMax models).
 """
 from . import cifar_resnet  # registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
-from . import scores
+from . import fpr, scores
 from .checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_keys
 from .conversion import ConversionReport, convert_softmax_model
-from .heads import IsoMaxHead, IsoMaxPlusHead, euclidean_distances
-from .losses import IsoMaxLoss, IsoMaxPlusLoss
+from .heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead, euclidean_distances
+from .losses import DisMaxLoss, IsoMaxLoss, IsoMaxPlusLoss
 from .calibration import calibrate_temperature, expected_calibration_error, fit_temperature
 from .metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
 from .ood import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
@@ -42,6 +43,9 @@ __all__ = [
     "IsoMaxHead",
     "IsoMaxPlusLoss",
     "IsoMaxLoss",
+    "DisMaxHead",
+    "DisMaxLoss",
+    "fpr",
     "IsoMaxClassifier",
     "HEAD_TYPES",
     "scores",

@@ -1,9 +1,11 @@
-"""SoftMax vs IsoMax vs IsoMax+ trained alike by the product's own trainer, over several seeds.
+"""SoftMax vs IsoMax vs IsoMax+ vs DisMax trained alike by the product's own trainer, over several seeds.
 
 A protocol is data: one JSON file per protocol (``benchmarks/protocols/<name>.json``) names the ID and OOD
 datasets (folders under a data root), optional OOD groups (OpenOOD's ``near`` / ``far``), the heads, the
 seeds, and under ``train`` the :class:`~timm_isomax.train.TrainConfig` settings every head shares (start
-model, checkpoint, recipe, preprocessing); ``smoke`` overrides shrink it to seconds for the test suite::
+model, checkpoint, recipe, preprocessing); ``head_settings`` adds settings that exist for one head only (e.g.
+``{"dismax": {"dismax_fpr": true}}``: DisMax with its fractional probability regularisation, as in its paper);
+``smoke`` overrides shrink it to seconds for the test suite::
 
     {"name": "mnist", "id_dataset": "mnist", "ood_datasets": ["fashion_mnist", "notmnist"],
      "heads": ["softmax", "isomax", "isomaxplus"], "seeds": [0, 1, 2],
@@ -46,8 +48,10 @@ from .train.state import write_json
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
            "markdown_table", "headline_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
-_HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+"}
-_SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS"}
+_HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+",
+                "dismax": "DisMax"}
+_SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
+                 "mmls": "MMLS", "mmles": "MMLES"}
 # How each (head, score) pair is named in tables and plots.
 SCORE_LABELS: Dict[Tuple[str, str], str] = {(head, score): f"{_HEAD_LABELS[head]}, {label}"
                                             for head in _HEAD_LABELS for score, label in _SCORE_LABELS.items()}
@@ -60,6 +64,8 @@ _LOWER_IS_BETTER = {"fpr_at_95_tpr", "fpr95_ood_positive"}
 # TrainConfig fields a protocol may not set: the benchmark sets them per run.
 _RUN_FIELDS = {"head", "seed", "dataset", "ood_datasets", "output", "resume", "val_split", "progress"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - _RUN_FIELDS
+# TrainConfig fields a protocol may set for one head only: none of them changes the recipe the heads share.
+_HEAD_ONLY_FIELDS = {"dismax_fpr", "entropic_scale", "score"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class BenchmarkProtocol:
     heads: Tuple[str, ...] = HEADS
     seeds: Tuple[int, ...] = (0, 1, 2)
     source_row: bool = False
+    head_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     smoke: Dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -84,8 +91,9 @@ class BenchmarkProtocol:
         data = dataclasses.asdict(self)
         for key in ("seeds", "smoke", "description"):
             data.pop(key)
-        if not data["source_row"]:  # a field added later: definitions without it stay the same definitions
-            data.pop("source_row")
+        for key in ("source_row", "head_settings"):  # fields added later: definitions without them stay the same
+            if not data[key]:
+                data.pop(key)
         return json.loads(json.dumps(data))  # tuples as lists, as read back from a file
 
 
@@ -108,6 +116,13 @@ def _protocol_from_dict(data: Any, where: str) -> BenchmarkProtocol:
     if set(heads) - set(HEADS):
         raise _protocol_error(where, f"'heads' must be among {list(HEADS)}")
     ood = tuple(data["ood_datasets"])
+    head_settings = data.get("head_settings", {})
+    if not isinstance(head_settings, dict) or any(
+            head not in heads or not isinstance(extra, dict) or set(extra) - _HEAD_ONLY_FIELDS
+            for head, extra in head_settings.items()):
+        raise _protocol_error(where, f"'head_settings' must map heads of 'heads' to objects with keys among "
+                                     f"{sorted(_HEAD_ONLY_FIELDS)} (the recipe itself is shared, under 'train'), "
+                                     f"got {head_settings!r}")
     groups = data.get("ood_groups", {})
     if not isinstance(groups, dict) or any(set(sets) - set(ood) for sets in groups.values()):
         raise _protocol_error(where, "'ood_groups' must map group names to lists of the protocol's OOD datasets")
@@ -157,7 +172,7 @@ def _checkpoint_path(entry: Optional[str], data_root: Optional[Union[str, Path]]
 def _train_config(protocol: BenchmarkProtocol, head: str, seed: int, data_root, runs: Path,
                   feature_cache: Optional[Path]) -> TrainConfig:
     """The trainer's settings for one (head, seed) run of ``protocol``."""
-    settings = dict(protocol.train)
+    settings = dict(protocol.train, **protocol.head_settings.get(head, {}))
     settings["checkpoint"] = _checkpoint_path(settings.get("checkpoint"), data_root)
     if settings.get("freeze_backbone") and feature_cache is not None:
         settings.setdefault("feature_cache", str(feature_cache))
@@ -398,6 +413,7 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     label=SCORE_LABELS.get((head, score), f"{head}, {score}"),
                     seeds=[run["seed"] for run, _ in pairs], id_dataset=definition["id_dataset"],
                     ood_datasets=oods, columns=columns, train=definition["train"],
+                    head_settings=definition.get("head_settings", {}),
                     hardware=pairs[0][0].get("hardware", ""),
                     seconds=sum(row.get("train_seconds", 0.0) for row in rows),
                     wall_seconds=sum(row.get("wall_seconds", 0.0) for row in rows),
@@ -428,6 +444,8 @@ def _recipe_line(entry: Dict) -> str:
              f"{settings['img_size']} px" if settings.get("img_size") else None,
              (f"{'first' if settings.get('subset', 'balanced') == 'first' else 'a class-balanced sample of'} "
               f"{settings['train_limit']} training images") if settings.get("train_limit") else None]
+    parts += [f"{_HEAD_LABELS.get(head, head)} with " + ", ".join(f"{key}={value}" for key, value in extra.items())
+              for head, extra in entry.get("head_settings", {}).items() if extra]
     return ", ".join(p for p in parts if p)
 
 

@@ -1,11 +1,14 @@
-"""Turn a trained SoftMax timm model into an IsoMax+ model, with no training at all.
+"""Turn a trained SoftMax timm model into an IsoMax+ (or DisMax) model, with no training at all.
 
 With unit vectors ``||f^ - p^||^2 = 2 - 2 cos(f, p)``, so IsoMax+ prototypes equal to the rows of the
 SoftMax weight matrix ``W`` predict exactly like the cosine classifier ``argmax_c cos(f, W_c)`` (bias and
-row norms dropped). That is faithful only when the classifier is one linear map of the pre-logits, which
-is checked numerically on the loaded model, not assumed from its type. Elsewhere (distilled twin heads,
-MLP heads, another class count) the prototypes are the class means of the training features when data is
-given, else the head starts fresh. :class:`ConversionReport` says which happened and why.
+row norms dropped). The same holds for DisMax, whose logits add a shift common to all classes of a row (the
+mean distance): faithful means the predictions are the cosine classifier's, not that the logits, probabilities or
+OOD scores are the source's. IsoMax's distances depend on the norms, so it never converts this way. It is done
+only when the classifier is one linear map of the pre-logits, which is checked numerically on the loaded model,
+not assumed from its type. Elsewhere (distilled twin heads, MLP heads, another class count) the prototypes
+are the class means of the training features when data is given, else the head starts fresh.
+:class:`ConversionReport` says which happened and why.
 """
 import copy as copy_module
 import logging
@@ -22,9 +25,24 @@ from .checkpoints import KeyMap, load_checkpoint_into, read_state_dict, remap_ke
 from .model import HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = ["ConversionReport", "convert_softmax_model", "linear_classifier", "class_mean_prototypes",
-           "load_softmax_model"]
+           "load_softmax_model", "uses_unit_vectors"]
 
 _logger = logging.getLogger(__name__)
+
+
+def uses_unit_vectors(head_type: str) -> bool:
+    """Whether a ``head_type`` head compares L2-normalised features and prototypes (IsoMax+, DisMax; not IsoMax).
+
+    For such a head, class-mean prototypes are means of unit features, and prototypes = the SoftMax classifier's
+    rows reproduce the source's cosine classifier exactly (its logits fall with each class's ``sqrt(2 - 2 cos)``).
+
+    Example:
+        >>> uses_unit_vectors("dismax"), uses_unit_vectors("isomax")
+        (True, False)
+    """
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"head_type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
+    return HEAD_TYPES[head_type].normalize
 
 
 @dataclass(frozen=True)
@@ -111,13 +129,13 @@ def class_mean_prototypes(backbone: nn.Module, batches: Iterable, num_classes: i
 def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, head_type: str = "isomaxplus",
                           data: Optional[Iterable] = None, distance_mode: str = "matmul",
                           ood_config: Optional[dict] = None, copy: bool = True) -> IsoMaxClassifier:
-    """Convert a timm SoftMax model (in memory, weights loaded) into an IsoMax+ (or IsoMax) model.
+    """Convert a timm SoftMax model (in memory, weights loaded) into an IsoMax+ (or IsoMax, or DisMax) model.
 
     Args:
         model: a timm classification model; it stays a working SoftMax classifier (the conversion works on a
             copy), so the source and its conversion can be compared side by side.
         num_classes: classes of the new head (default: the source's).
-        head_type: ``"isomaxplus"`` (default) or ``"isomax"``.
+        head_type: ``"isomaxplus"`` (default), ``"isomax"`` or ``"dismax"``.
         data: batches of ``(images, labels)`` for class-mean prototypes where the classifier cannot be used.
         distance_mode, ood_config: as for :class:`IsoMaxClassifier`.
         copy: ``False`` reuses ``model``'s backbone instead of copying it (no second copy of the weights in
@@ -134,8 +152,7 @@ def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, h
     """
     if isinstance(model, IsoMaxClassifier):
         raise ValueError("the model already has an IsoMax head; convert_softmax_model takes SoftMax models.")
-    if head_type not in HEAD_TYPES:
-        raise ValueError(f"head_type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
+    unit_vectors = uses_unit_vectors(head_type)  # also checks the name
     if copy:
         model = copy_module.deepcopy(model)
     linear, reason = linear_classifier(model)
@@ -157,8 +174,8 @@ def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, h
         architecture=f"{source_cfg['architecture']}_{head_type}" if source_cfg.get("architecture") else None)
     if num_classes != source_classes:
         why = f"{num_classes} classes asked, the source has {source_classes}"
-    elif head_type != "isomaxplus":
-        why = "IsoMax's unnormalised distances do not reproduce a linear classifier"
+    elif not unit_vectors:
+        why = f"the {head_type} head's unnormalised distances do not reproduce a linear classifier"
     elif linear is None:
         why = reason
     else:
@@ -169,7 +186,7 @@ def convert_softmax_model(model: nn.Module, num_classes: Optional[int] = None, h
         report = ConversionReport("classifier", f"prototypes = rows of the SoftMax classifier ({reason})")
     elif data is not None:
         with torch.no_grad():
-            isomax.head.prototypes.copy_(class_mean_prototypes(model, data, num_classes, head_type == "isomaxplus"))
+            isomax.head.prototypes.copy_(class_mean_prototypes(model, data, num_classes, unit_vectors))
         report = ConversionReport("class_means", f"prototypes = class means of the data, because {why}")
     else:
         report = ConversionReport("fresh", f"fresh head (no data given for class means), because {why}")

@@ -1,11 +1,13 @@
-"""Distance-based classification heads: IsoMax (TNNLS 2021) and IsoMax+ (2021).
+"""Distance-based classification heads: IsoMax (TNNLS 2021), IsoMax+ (2021) and DisMax (2022).
 
-Both heads turn a batch of pre-logit features ``f`` (B, D) into logits (B, C) that are negative
+The heads turn a batch of pre-logit features ``f`` (B, D) into logits (B, C) that are negative
 distances to one learned prototype per class:
 
 * :class:`IsoMaxPlusHead`: ``logits = -|s| * ||f^ - p^_c|| / T`` with L2-normalised features and
   prototypes and a learned distance scale ``s``;
-* :class:`IsoMaxHead`: ``logits = -||f - p_c|| / T``.
+* :class:`IsoMaxHead`: ``logits = -||f - p_c|| / T``;
+* :class:`DisMaxHead`: ``logits = -(d_c + mean_k d_k) / T`` with ``d_c = |s| * ||f^ - p^_c|| / sqrt(2)``: each
+  logit also sees the distances to every other prototype.
 
 ``T`` is a temperature buffer (1 during training; set by calibration). It is saved with the weights.
 
@@ -15,6 +17,7 @@ linear layer, and no (B, C, D) tensor. ``distance_mode="cdist"`` selects the exa
 The head always computes in float32, also under autocast: under bf16 the matmul form's distance error
 is about 1e-2 (measured), which is the size of the gaps the OOD score relies on.
 """
+import math
 from contextlib import nullcontext
 from typing import Literal, Optional, Tuple
 
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IsoMaxPlusHead", "IsoMaxHead", "euclidean_distances", "DISTANCE_MODES"]
+__all__ = ["IsoMaxPlusHead", "IsoMaxHead", "DisMaxHead", "euclidean_distances", "DISTANCE_MODES"]
 
 DistanceMode = Literal["matmul", "cdist"]
 DISTANCE_MODES = ("matmul", "cdist")
@@ -236,6 +239,8 @@ class IsoMaxPlusHead(_PrototypeHead):
     """
 
     normalize = True
+    # What the unit distances are divided by, besides T: 1 here; DisMax measures them in units of sqrt(2).
+    distance_divisor: float = 1.0
 
     def __init__(self, in_features: int, num_classes: int, distance_mode: DistanceMode = "matmul",
                  temperature: float = 1.0):
@@ -262,7 +267,7 @@ class IsoMaxPlusHead(_PrototypeHead):
         if self.distance_mode == "matmul":
             self._check_features(features)
             with _autocast_off(features.device):
-                scale, temperature = self.distance_scale.float(), self.temperature.float()
+                scale, temperature = self.distance_scale.float(), self.temperature.float() * self.distance_divisor
                 needs_grad = torch.is_grad_enabled() and (features.requires_grad or self.prototypes.requires_grad)
                 if needs_grad or torch.compiler.is_compiling() or torch.jit.is_tracing():
                     return _IsoMaxPlusLogits.apply(features.float(), self.prototypes.float(), scale, temperature)
@@ -270,7 +275,7 @@ class IsoMaxPlusHead(_PrototypeHead):
                 _, distances = _unit_distances(_unit_feature_rows(features.float())[0], self._unit_prototypes())
                 return distances * -(scale.abs() / temperature)
         distances = self.distances(features)
-        return -self.distance_scale.float().abs() * distances / self.temperature
+        return -self.distance_scale.float().abs() * distances / (self.temperature * self.distance_divisor)
 
 
 class IsoMaxHead(_PrototypeHead):
@@ -289,3 +294,28 @@ class IsoMaxHead(_PrototypeHead):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return -self.distances(features) / self.temperature
+
+
+class DisMaxHead(IsoMaxPlusHead):
+    """DisMax head: ``logits_c = -(d_c + mean_k d_k) / T`` with ``d_c = |s| * ||f^ - p^_c|| / sqrt(2)``
+    (Macedo, Zanchettin & Ludermir, 2022, "Distinction Maximization Loss", arXiv:2205.05874).
+
+    The IsoMax+ distances in units of sqrt(2) (so ``d_c / |s|`` lies in [0, sqrt(2)]), plus the mean distance to
+    all prototypes, the same for every class of a row: it changes no prediction, but lowers every logit of an input
+    far from all prototypes, which the MMLES score (:func:`timm_isomax.scores.mmles`) reads. Takes the arguments
+    of :class:`IsoMaxPlusHead` and shares its parameters (N(0, 1) prototypes, ``s = 1``), fused matmul path and
+    fp32 computation; the temperature buffer ``T`` stays 1 in training and is set by calibration.
+
+    Example:
+        >>> head = DisMaxHead(512, 10)
+        >>> head(torch.randn(8, 512)).shape
+        torch.Size([8, 10])
+    """
+
+    distance_divisor = math.sqrt(2.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # -(d_c + mean d) / T = l_c + mean_k l_k for l = -d / T: one (B, C) pass over the IsoMax+ form's logits
+        logits = super().forward(features)
+        with _autocast_off(logits.device):
+            return logits + logits.mean(dim=1, keepdim=True)

@@ -1,4 +1,5 @@
-"""The entropic loss of IsoMax and IsoMax+: cross-entropy on ``entropic_scale * logits``.
+"""The entropic loss of IsoMax, IsoMax+ and DisMax: cross-entropy on ``entropic_scale * logits`` (DisMax
+optionally with fractional probability regularisation, :mod:`timm_isomax.fpr`).
 
 The reference implementation takes softmax, then log: it returns inf as soon as one probability
 underflows (seen at a learned distance scale of 20). ``F.cross_entropy`` on the scaled logits is the
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IsoMaxLoss", "IsoMaxPlusLoss", "NonFiniteLossError"]
+from .fpr import fpr_batch_problem, plain_rows
+
+__all__ = ["IsoMaxLoss", "IsoMaxPlusLoss", "DisMaxLoss", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(ValueError, FloatingPointError):
@@ -135,3 +138,50 @@ class IsoMaxPlusLoss(IsoMaxLoss):
         >>> model = timm.create_model("resnet18_isomaxplus", num_classes=10)
         >>> loss = timm_isomax.IsoMaxPlusLoss()(model(torch.randn(2, 3, 64, 64)), torch.tensor([1, 2]))
     """
+
+
+class DisMaxLoss(IsoMaxLoss):
+    """Loss of DisMax (Macedo, Zanchettin & Ludermir, 2022): ``cross_entropy(entropic_scale * logits, targets)``,
+    the formula of :class:`IsoMaxLoss`, applied to :class:`~timm_isomax.DisMaxHead` logits.
+
+    With ``fpr=True`` (fractional probability regularisation) the batch must come from
+    :func:`timm_isomax.fpr.fractional_probability_batch`: the first ``B // 2`` rows are plain images, scored with
+    the cross-entropy above (``label_smoothing`` applies here), the rest are quadrant images, scored with
+    ``KL(targets || softmax(entropic_scale * logits))``; the loss is the mean of the two parts (reduction
+    ``"mean"`` only), as in the reference ``DisMaxLossSecondPart``.
+
+    Example:
+        >>> from timm_isomax.fpr import fractional_probability_batch
+        >>> images, targets = fractional_probability_batch(images, labels, num_classes=10)
+        >>> loss = DisMaxLoss(fpr=True)(model(images), targets)
+    """
+
+    def __init__(self, entropic_scale: float = 10.0, label_smoothing: float = 0.0, reduction: str = "mean",
+                 fpr: bool = False):
+        super().__init__(entropic_scale, label_smoothing, reduction)
+        if fpr and reduction != "mean":
+            raise ValueError(f"DisMaxLoss(fpr=True) is the mean of two batch means (plain and quadrant images), "
+                             f"so reduction must be 'mean', got {reduction!r}.")
+        self.fpr = bool(fpr)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.fpr:
+            return super().forward(logits, targets)
+        targets = _check_logits_and_targets(logits, targets)
+        if targets.ndim != 2:
+            raise ValueError("DisMaxLoss(fpr=True) takes the soft targets (batch, num_classes) of "
+                             "timm_isomax.fpr.fractional_probability_batch, got class indices: build the batch with "
+                             "it first (the trainer does, with --dismax-fpr), or use DisMaxLoss().")
+        problem = fpr_batch_problem(logits.shape[0])
+        if problem:
+            raise ValueError(problem)
+        half = plain_rows(logits.shape[0])
+        scaled = self.entropic_scale * logits.float()
+        plain = F.cross_entropy(scaled[:half], targets[:half], label_smoothing=self.label_smoothing)
+        fractional = F.kl_div(F.log_softmax(scaled[half:], dim=1), targets[half:], reduction="batchmean")
+        loss = (plain + fractional) / 2
+        _check_finite_loss(loss, logits, targets)
+        return loss
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fpr={self.fpr}"

@@ -1,4 +1,4 @@
-"""IsoMaxClassifier: any headless timm backbone + one IsoMax / IsoMax+ head on its pre-logits.
+"""IsoMaxClassifier: any headless timm backbone + one IsoMax / IsoMax+ / DisMax head on its pre-logits.
 
 Why a wrapper rather than swapping each family's classifier in place: the pre-logits
 (``forward_head(x, pre_logits=True)``) are 2-D with width ``head_hidden_size`` in every timm
@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from . import _timm_compat
-from .heads import IsoMaxHead, IsoMaxPlusHead
+from .heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
 __all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "isomax_layer_names", "ood_config_problem"]
 
-HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead}
+# Every head kind, by the suffix of its registered names (<arch>_<kind>); the registry, the trainer and the
+# conversion read their lists of kinds from here.
+HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead, "dismax": DisMaxHead}
 # The OOD score each head is designed for (the papers' choice).
-DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic"}
+DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic", "dismax": "mmles"}
 
 BACKBONE_PREFIX = "backbone."
 OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on")
@@ -90,7 +92,7 @@ def reroot_group_matcher(matcher: Union[Dict[str, Any], Callable], prefix: str =
 
 
 class IsoMaxClassifier(nn.Module):
-    """A timm backbone whose classifier is an IsoMax+ (or IsoMax) head.
+    """A timm backbone whose classifier is an IsoMax+ (or IsoMax, or DisMax) head.
 
     Keeps the timm model API: ``forward_features``, ``forward_head(x, pre_logits=...)``,
     ``get_classifier``, ``reset_classifier``, ``set_grad_checkpointing``, ``group_matcher``,
@@ -102,10 +104,11 @@ class IsoMaxClassifier(nn.Module):
     Args:
         backbone: a timm model created with ``num_classes=0``.
         num_classes: number of classes (>= 1).
-        head_type: ``"isomaxplus"`` or ``"isomax"``.
+        head_type: a key of :data:`HEAD_TYPES`: ``"isomaxplus"``, ``"isomax"`` or ``"dismax"``.
         distance_mode: ``"matmul"`` (default) or ``"cdist"`` (exact reference form).
-        ood_config: how this model flags OOD inputs: ``score`` (default: ``"mds"`` for IsoMax+,
-            ``"entropic"`` for IsoMax) and ``threshold`` (a score below it is OOD; ``None`` until fitted).
+        ood_config: how this model flags OOD inputs: ``score`` (default: :data:`DEFAULT_OOD_SCORES`, ``"mds"``
+            for IsoMax+, ``"entropic"`` for IsoMax, ``"mmles"`` for DisMax) and ``threshold`` (a score below it
+            is OOD; ``None`` until fitted).
             Recorded in the model's construction arguments, so it is saved in config.json and restored
             by ``timm.create_model("local-dir:...")`` / ``hf-hub:``.
 

@@ -1,5 +1,6 @@
-"""Registers ``<arch>_isomaxplus`` and ``<arch>_isomax`` in timm's own registry, for every timm
-classification architecture, with the base architecture's pretrained tags mirrored.
+"""Registers ``<arch>_isomaxplus``, ``<arch>_isomax`` and ``<arch>_dismax`` (one name per key of
+:data:`timm_isomax.model.HEAD_TYPES`) in timm's own registry, for every timm classification architecture,
+with the base architecture's pretrained tags mirrored.
 
 After ``import timm_isomax``::
 
@@ -169,7 +170,7 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
 
     Example:
         >>> register_isomax_variants("resnet18")
-        ['resnet18_isomaxplus', 'resnet18_isomax']
+        ['resnet18_isomaxplus', 'resnet18_isomax', 'resnet18_dismax']
     """
     if not timm.is_model(base_arch):
         raise ValueError(f"unknown timm architecture {base_arch!r}. {closest_models_hint(base_arch, include_isomax=False)}")
@@ -196,7 +197,7 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
 
 
 def register_all() -> int:
-    """Register both variants of every timm classification architecture; returns how many names exist."""
+    """Register every head variant of every timm classification architecture; returns how many names exist."""
     for arch in timm.list_models():
         if is_classification_architecture(arch):
             register_isomax_variants(arch)

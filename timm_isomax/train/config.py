@@ -4,13 +4,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
-from ..model import DEFAULT_OOD_SCORES
+from ..fpr import fpr_batch_problem
+from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES
 from ..scores import SCORES
 
 __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
 
-# What the trainer can train: the plain timm model (linear classifier + cross-entropy) and the two IsoMax heads.
-HEADS = ("softmax", "isomax", "isomaxplus")
+# What the trainer can train: the plain timm model (linear classifier + cross-entropy) and every head kind.
+HEADS = ("softmax", *HEAD_TYPES)
 # The OOD score each head is monitored with and its deployment threshold fitted on, unless ``score`` says.
 DEFAULT_SCORES: Dict[str, str] = {"softmax": "msp", **DEFAULT_OOD_SCORES}
 # Every score the final evaluation reports for each head (max_logit is mds for the IsoMax heads: one row).
@@ -18,7 +19,12 @@ HEAD_SCORES: Dict[str, Tuple[str, ...]] = {
     "softmax": ("msp", "max_logit", "energy", "entropic"),
     "isomax": ("entropic", "mds", "energy", "msp"),
     "isomaxplus": ("mds", "entropic", "energy", "msp"),
+    # DisMax's max logit is -(min d + mean d) / T, not a minimum distance: reported as max_logit
+    "dismax": ("mmles", "mmls", "max_logit", "entropic", "energy", "msp"),
 }
+# Settings added after runs were recorded: left out of to_json() at their default, so the records of older runs
+# (compared key by key on --resume) stay the same records.
+_ADDED_LATER: Dict[str, Any] = {"dismax_fpr": False}
 # The IsoMax losses' entropic scale (cross-entropy on ``10 * logits``), both papers' value.
 ENTROPIC_SCALE = 10.0
 
@@ -43,7 +49,10 @@ class TrainConfig:
     """Every setting of a run; the ``timm-isomax finetune`` flags map onto these fields.
 
     ``head``: ``softmax`` trains the plain timm model with cross-entropy (its output folder is a plain timm
-    folder); ``isomax`` / ``isomaxplus`` convert the start model and train with the entropic loss.
+    folder); ``isomax`` / ``isomaxplus`` / ``dismax`` convert the start model and train with the entropic loss
+    (a ``model`` named ``<arch>_<head>`` picks its head itself: :attr:`effective_head`).
+    ``dismax_fpr``: DisMax's fractional probability regularisation (:mod:`timm_isomax.fpr`): the second half
+    of every training batch becomes quadrant images of four images each, with fractional targets.
     ``freeze_backbone``: only the head trains, on features the frozen backbone computes once
     (``feature_cache``: a folder that keeps them between runs; default: in memory for this run).
     ``augmentation``: ``rrc`` (timm's random-resized crop and flip, ``crop_scale``), ``crop-flip`` (pad by
@@ -87,6 +96,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     entropic_scale: Optional[float] = None
+    dismax_fpr: bool = False
     img_size: Optional[int] = None
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
@@ -154,6 +164,16 @@ class TrainConfig:
                         "--score max_logit.")
         elif self.entropic_scale is not None and not self.entropic_scale > 0:
             return f"entropic_scale must be > 0, got {self.entropic_scale}."
+        if self.dismax_fpr:
+            if self.effective_head != "dismax":
+                return (f"--dismax-fpr is DisMax's regularisation (its loss takes the quadrant images' fractional "
+                        f"targets); the head is {self.effective_head}: add --head dismax, or drop --dismax-fpr.")
+            if self.freeze_backbone:
+                return ("--dismax-fpr builds images from quadrants of four images, which cached features cannot "
+                        "carry: drop --freeze-backbone or --dismax-fpr.")
+            batch_problem = fpr_batch_problem(self.batch_size)
+            if batch_problem:
+                return batch_problem
         if self.freeze_backbone:
             if self.augmentation != "none":
                 return ("--freeze-backbone trains the head on features computed once, which augmentation would make "
@@ -169,13 +189,29 @@ class TrainConfig:
         return None
 
     @property
+    def effective_head(self) -> str:
+        """The head trained: the one a registry name ``<arch>_<head>[.tag]`` in ``model`` names, else ``head``.
+
+        Example:
+            >>> TrainConfig(model="resnet10t_dismax", dataset="d", output="o").effective_head
+            'dismax'
+        """
+        if ":" not in self.model:  # hf-hub: / local-dir: models carry their head in their own config
+            arch = self.model.split(".", 1)[0]
+            named = [kind for kind in HEAD_TYPES if arch.endswith("_" + kind)]
+            if named:
+                return named[0]
+        return self.head
+
+    @property
     def ood_score(self) -> str:
         """The OOD score the log reports and the deployment threshold is fitted on."""
-        return self.score or DEFAULT_SCORES[self.head]
+        return self.score or DEFAULT_SCORES[self.effective_head]
 
     @property
     def loss_entropic_scale(self) -> float:
         return ENTROPIC_SCALE if self.entropic_scale is None else self.entropic_scale
 
     def to_json(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}

@@ -26,11 +26,12 @@ class EpochProgress:
     global_step: int
 
 
-def train_epoch(train_model: nn.Module, loader, loss_fn, optimizer, scheduler, scaler, mixup, runtime: Runtime,
-                cfg: TrainConfig, progress: EpochProgress, stop: StopRequest, save_mid_epoch,
+def train_epoch(train_model: nn.Module, loader, loss_fn, optimizer, scheduler, scaler, batch_transform,
+                runtime: Runtime, cfg: TrainConfig, progress: EpochProgress, stop: StopRequest, save_mid_epoch,
                 frozen: Sequence[nn.Module] = (), description: str = "") -> float:
     """Train the rest of one epoch (``progress`` says where it starts and is advanced); returns the epoch's
-    mean loss. Every ``cfg.checkpoint_every`` steps, and when a stop is requested, the loss is checked and
+    mean loss. ``batch_transform`` (or None) maps each ``(images, targets)`` batch first. Every
+    ``cfg.checkpoint_every`` steps, and when a stop is requested, the loss is checked and
     ``save_mid_epoch(epoch, global_step, steps, loss_sum)`` writes a checkpoint. ``loader`` gives images (or
     a frozen backbone's cached features, when ``train_model`` is the head alone); ``frozen`` modules stay in
     eval mode (their batch-norm statistics stay as loaded)."""
@@ -47,8 +48,8 @@ def train_epoch(train_model: nn.Module, loader, loss_fn, optimizer, scheduler, s
         targets = targets.to(runtime.device, non_blocking=True)
         if cfg.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if mixup is not None:
-            images, targets = mixup(images, targets)
+        if batch_transform is not None:  # mixup / cutmix, DisMax's FPR: on the device, after augmentation
+            images, targets = batch_transform(images, targets)
         try:
             with torch.autocast(runtime.device.type, dtype=amp_dtype(runtime.device), enabled=cfg.amp):
                 loss = loss_fn(train_model(images), targets)

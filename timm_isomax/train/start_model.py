@@ -6,7 +6,8 @@ import timm
 import torch
 from torch import nn
 
-from ..conversion import ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model
+from ..conversion import (ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model,
+                          uses_unit_vectors)
 from ..data import dataset_for_model, model_in_chans
 from ..model import IsoMaxClassifier
 from ..registry import base_architecture, closest_models_hint
@@ -37,18 +38,17 @@ def data_config_overrides(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
 def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Module:
     """The model training starts from; ``model.conversion`` says how its head was initialised.
 
-    ``cfg.model`` naming ``<arch>_isomaxplus`` / ``<arch>_isomax`` picks that head (from the base's SoftMax
-    weights under the same tag); with ``head="softmax"`` such a name is refused.
+    ``cfg.model`` naming ``<arch>_isomaxplus`` / ``<arch>_isomax`` / ``<arch>_dismax`` picks that head (from the
+    base's SoftMax weights under the same tag); with ``head="softmax"`` such a name is refused.
     """
     source, name = timm.models.parse_model_name(cfg.model)
     arch = timm.models.get_arch_name(name)
-    head = cfg.head
-    if source is None and arch.endswith(("_isomaxplus", "_isomax")):
-        base_arch, named_head = base_architecture(arch)
-        if head == "softmax":
+    head = cfg.effective_head
+    if source is None and arch.endswith(f"_{head}"):  # a registered <arch>_<head> name
+        base_arch, _ = base_architecture(arch)
+        if cfg.head == "softmax":
             raise ValueError(f"--model {cfg.model!r} names an IsoMax architecture but --head is softmax: name the "
                              f"base architecture ({base_arch}) for a SoftMax run.")
-        head = named_head  # start from the base's SoftMax weights, same tag
         name, arch = name.replace(arch, base_arch, 1), base_arch
     if source is None and not timm.is_model(arch):
         raise ValueError(f"unknown model {cfg.model!r}. {closest_models_hint(arch)}")
@@ -73,7 +73,7 @@ def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Mod
             start.reset_classifier(num_classes)
             with torch.no_grad():
                 start.head.prototypes.copy_(class_mean_prototypes(
-                    start.backbone, class_mean_batches(start), num_classes, start.head_type == "isomaxplus"))
+                    start.backbone, class_mean_batches(start), num_classes, uses_unit_vectors(start.head_type)))
             start.conversion = ConversionReport("class_means", "new class count: prototypes = class means")
         else:
             start.conversion = ConversionReport("loaded", "IsoMax model loaded as saved")
@@ -86,5 +86,5 @@ def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Mod
         else:
             start.conversion = ConversionReport("loaded", "SoftMax model loaded as saved")
         return start
-    data = class_mean_batches(start) if start.num_classes != num_classes or head != "isomaxplus" else None
+    data = class_mean_batches(start) if start.num_classes != num_classes or not uses_unit_vectors(head) else None
     return convert_softmax_model(start, num_classes, head_type=head, data=data, copy=False)

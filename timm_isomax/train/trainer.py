@@ -199,8 +199,8 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
                                          if skip_steps else 0.0, global_step)
                 frozen = [] if not head_only or cfg.freeze_backbone else _outside(model, classifier)
                 start = time.perf_counter()
-                train_loss = train_epoch(wrapped, loader, opt["loss_fn"], optimizer, scheduler, scaler, opt["mixup"],
-                                         runtime, cfg, progress, stop, save_mid_epoch, frozen,
+                train_loss = train_epoch(wrapped, loader, opt["loss_fn"], optimizer, scheduler, scaler,
+                                         opt["batch_transform"], runtime, cfg, progress, stop, save_mid_epoch, frozen,
                                          " (head)" if head_only else "")
                 global_step = progress.global_step
                 scheduler.step(epoch + 1)

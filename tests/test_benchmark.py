@@ -199,6 +199,30 @@ def test_finished_runs_are_read_back_and_other_definitions_refused(shared_data, 
         run_protocol(changed, shared_data, output=tmp_path, runs=tmp_path / "runs")
 
 
+def test_a_protocol_that_gains_a_head_trains_only_that_head_into_the_finished_seeds(shared_data, tmp_path,
+                                                                                   monkeypatch):
+    protocol = smoke_version(load_protocol(PROTOCOLS / "mnist.json"))
+    saved = _fake_run(0, 0.9, 0.9)
+    saved["protocol"] = dict(protocol.to_json(), heads=["softmax", "isomaxplus"])
+    (tmp_path / protocol.name).mkdir()
+    (tmp_path / protocol.name / "seed0.json").write_text(json.dumps(saved))
+    from timm_isomax import benchmark
+    trained = []
+    monkeypatch.setattr(benchmark, "train", lambda cfg: trained.append((cfg.head, cfg.dismax_fpr)))
+    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    grown = dataclasses.replace(protocol, heads=("softmax", "isomaxplus", "dismax"),
+                                head_settings={"dismax": {"dismax_fpr": True}})
+    (run,) = run_protocol(grown, shared_data, output=tmp_path, runs=tmp_path / "runs", throughput_rounds=0)
+    assert trained == [("dismax", True)] and [row["head"] for row in run["rows"]] == ["softmax", "isomaxplus", "dismax"]
+    written = json.loads((tmp_path / protocol.name / "seed0.json").read_text())
+    assert written["protocol"] == grown.to_json() and written["rows"][:2] == saved["rows"]
+    # settings of a head that already has rows, or a head taken away: other definitions, refused
+    rescored = dict(grown.head_settings, isomaxplus={"score": "msp"})
+    for other in (dataclasses.replace(grown, head_settings=rescored), dataclasses.replace(protocol, heads=("softmax",))):
+        with pytest.raises(ValueError, match="different definition"):
+            run_protocol(other, shared_data, output=tmp_path, runs=tmp_path / "runs", throughput_rounds=0)
+
+
 def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkeypatch):
     protocol = smoke_version(load_protocol(PROTOCOLS / "mnist.json"))
     folder = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training"

@@ -226,13 +226,30 @@ def _seed_file(output: Path, protocol: BenchmarkProtocol, seed: int) -> Path:
     return output / protocol.name / f"seed{seed}.json"
 
 
+def _extends(recorded: Any, definition: Dict[str, Any]) -> bool:
+    """Whether ``definition`` is the ``recorded`` protocol definition, or it with heads added (and settings for
+    the added heads only): the finished rows were trained exactly as the definition says, so they stay."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("heads"), list):
+        return False
+    recorded, definition = dict(recorded), dict(definition)
+    recorded_heads, heads = recorded.pop("heads"), definition.pop("heads")
+    added = set(heads) - set(recorded_heads)
+    recorded_settings = recorded.pop("head_settings", {})
+    settings = {head: extra for head, extra in definition.pop("head_settings", {}).items() if head not in added}
+    return set(recorded_heads) <= set(heads) and settings == recorded_settings and recorded == definition
+
+
 def _read_seed_file(path: Path, protocol: BenchmarkProtocol) -> Optional[Dict]:
+    # a protocol that gained a head (e.g. DisMax) adds its rows to the finished seeds; any other change of
+    # the definition would mix results of two recipes in one table, so it is refused
     if not path.exists():
         return None
     run = json.loads(path.read_text())
-    if run.get("protocol") != protocol.to_json():
-        raise ValueError(f"{path} holds results of a different definition of protocol {protocol.name!r}; "
-                         f"move that folder away or pass another --output.")
+    if not _extends(run.get("protocol"), protocol.to_json()):
+        raise ValueError(f"{path} holds results of a different definition of protocol {protocol.name!r} (adding "
+                         f"heads is the only change a finished seed takes); move that folder away or pass another "
+                         f"--output.")
+    run["protocol"] = protocol.to_json()
     return run
 
 

@@ -56,7 +56,9 @@ def test_mnist_smoke_trains_every_head_through_the_trainer(mnist_smoke):
 def test_an_interrupted_benchmark_continues_mid_run_with_the_same_command(mnist_smoke, shared_data, tmp_path):
     # the mnist protocol with two of its heads (a third would only repeat what the second shows, for CI time)
     definition = json.loads((PROTOCOLS / "mnist.json").read_text())
-    (tmp_path / "mnist.json").write_text(json.dumps(dict(definition, heads=["softmax", "isomaxplus"])))
+    two_heads = ["softmax", "isomaxplus"]
+    (tmp_path / "mnist.json").write_text(json.dumps(dict(definition, heads=two_heads, head_settings={},
+                                                         smoke=dict(definition["smoke"], heads=two_heads))))
     command = [sys.executable, "-m", "timm_isomax", "benchmark", "--smoke", str(tmp_path / "mnist.json"), "--data-root",
                str(shared_data), "--output", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
                "--throughput-rounds", "2"]
@@ -99,6 +101,7 @@ def test_frozen_backbone_protocol_smoke_computes_features_once(shared_data, tmp_
     rows, _ = _smoke("cifar10_frozen_lite0", shared_data, tmp_path)
     cached = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(cached) == 6  # train, val and 4 OOD sets: computed by the first head, read by the other two
+    assert list(rows) == ["softmax", "isomax", "isomaxplus", "dismax"] and "mmles" in rows["dismax"]["metrics"]
     for row in rows.values():
         assert row["accuracy"] >= 0.4  # 1,000 training images, 2 head-only epochs on ImageNet features
 

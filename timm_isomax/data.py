@@ -34,6 +34,8 @@ __all__ = [
     "LabelledSplits",
     "load_labelled_splits",
     "sample_rows",
+    "load_sample",
+    "column_values",
     "class_count",
     "SUBSETS",
     "pad_crop_flip_transform",
@@ -604,6 +606,27 @@ def sample_rows(dataset: datasets.Dataset, count: Optional[int], seed: int = 0, 
         return dataset.select(range(count))
     labels = column_values(dataset, label_column) if label_column else [0] * len(dataset)
     return dataset.select(sorted(_class_interleaved(labels, seed)[:count]))
+
+
+def load_sample(source: str, split: str = "test", limit: Optional[int] = None, seed: int = 0,
+                subset: str = "balanced") -> datasets.Dataset:
+    """``split`` of ``source`` (anything :func:`load_image_dataset` takes), cut to ``limit`` rows by
+    :func:`sample_rows` (class-balanced where it has labels, uniform where it has none, or the first rows):
+    how an evaluation set, or a run's OOD set, is picked. No images or no rows is a one-line ``ValueError``.
+
+    Example:
+        >>> ood = load_sample("../shared/data/notmnist", "test", limit=500)
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of images, got {limit}.")
+    dataset = load_image_dataset(source, split=split)
+    try:
+        _, label_column = find_columns(dataset)
+    except ValueError as error:
+        raise ValueError(f"dataset {source!r} ({split}) has no images to evaluate: {error}") from None
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {source!r} ({split}) is empty.")
+    return sample_rows(dataset, limit, seed, label_column, subset)
 
 
 def _held_out(dataset: datasets.Dataset, label_column: str, fraction: float,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import dataset_for_model, find_columns, load_image_dataset, sample_rows
+from .data import dataset_for_model, find_columns, load_sample
 from .engine import predict
 from .train.config import HEAD_SCORES
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
@@ -90,17 +90,7 @@ def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None,
     Example:
         >>> ood = load_eval_set("../shared/data/notmnist", "test", limit=500)
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of images, got {limit}.")
-    dataset = load_image_dataset(source, split=split)
-    try:
-        _, label_column = find_columns(dataset)
-    except ValueError as error:
-        raise ValueError(f"dataset {source!r} ({split}) has no images to evaluate: {error}") from None
-    if len(dataset) == 0:
-        raise ValueError(f"dataset {source!r} ({split}) is empty.")
-    dataset = sample_rows(dataset, limit, seed, label_column, subset)
-    return EvalSet(name or _dataset_name(source), source, split, dataset)
+    return EvalSet(name or _dataset_name(source), source, split, load_sample(source, split, limit, seed, subset))
 
 
 def _dataset_name(source: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, find_columns, load_image_dataset, load_labelled_splits, model_data_config, sample_rows
+from ..data import dataset_for_model, load_labelled_splits, load_sample, model_data_config
 from ..hub import WEIGHTS_NAME, read_config, save_pretrained
 from ..provenance import recorded_provenance, weights_sha256
 from ..metrics import TPR_LEVEL
@@ -104,8 +104,10 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
 
     data_config = data_config_overrides(cfg, model)
     train_set, val_set = splits.for_model(model, _train_transform(cfg), data_config)
-    ood_sets = {_ood_name(source): dataset_for_model(model, _ood_rows(source, cfg), data_config=data_config,
-                                                     skip_undecodable=True)
+    # val_limit rows of each OOD set, picked like the validation rows (class-balanced where it has labels)
+    ood_sets = {_ood_name(source): dataset_for_model(
+                    model, load_sample(source, cfg.ood_split, cfg.val_limit, cfg.seed, cfg.subset),
+                    data_config=data_config, skip_undecodable=True)
                 for source in cfg.ood_datasets}
     loader_kwargs = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=runtime.device.type == "cuda",
                          persistent_workers=False)
@@ -233,13 +235,6 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
         _finish(cfg, model, head, splits, eval_loaders, last_logits, runtime, output, data_config)
     runtime.barrier()
     return output
-
-
-def _ood_rows(source: str, cfg: TrainConfig):
-    # val_limit rows of an OOD set, picked like the validation rows (class-balanced where it has labels)
-    dataset = load_image_dataset(source, split=cfg.ood_split)
-    label_column = find_columns(dataset)[1] if cfg.val_limit else None
-    return sample_rows(dataset, cfg.val_limit, cfg.seed, label_column, cfg.subset)
 
 
 def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, eval_loaders: EvalLoaders, logits,

@@ -1,7 +1,7 @@
-"""Hub publishing and loading, offline: local-dir:, hf-hub: through a pre-built HF cache, published registry
-tags, hub configs, the model card, and uploads at the HfApi boundary (a fake HfApi)."""
+"""Hub-format folders and loading without a server: local-dir:, hf-hub: through a pre-built HF cache, published
+registry tags, hub configs, the model card and its model-index metadata, and what push refuses before
+contacting anyone. Push and download over HTTP, against a Hub-protocol server: tests/test_hub_http.py."""
 import dataclasses
-import importlib
 import json
 import shutil
 import time
@@ -20,12 +20,7 @@ from timm_isomax.provenance import recorded_provenance, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "resnet10t_isomaxplus"
-TOKEN = "hf_SECRETtoken1234567890"
 CACHED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _load_script(name):
-    return importlib.import_module(f"timm_isomax.cli.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +28,16 @@ def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _saved_model(folder, num_classes=10, tag="test"):
-    torch.manual_seed(0)
+def _saved_model(folder, num_classes=10, tag="test", seed=0):
+    torch.manual_seed(seed)
     model = timm.create_model(ARCH, num_classes=num_classes).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics, so a wrong load shows
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
+    # as a trained model has it (its card's usage snippet prints is_ood); _test_config records the same
+    model.update_ood_config(threshold=-1.5, tpr=0.95, fitted_on="mnist:test")
     save_pretrained(model, folder, label_names=[f"c{i}" for i in range(num_classes)], tag=tag,
                     data_config={"input_size": (3, 32, 32)})
     return model
@@ -185,82 +182,71 @@ def _test_config(folder: Path, tmp_path: Path) -> HubConfig:
     return load_hub_config(write_hub_config(config, tmp_path / "test.json"))
 
 
-class FakeHfApi:
-    """The HfApi calls push_to_hub makes, recorded; ``existing`` = files already in the repo."""
-
-    instances = []
-
-    def __init__(self, token=None, existing=()):
-        self.token, self.existing, self.calls, self.uploaded = token, set(existing), [], {}
-        FakeHfApi.instances.append(self)
-
-    def create_repo(self, repo_id, repo_type=None, private=False, exist_ok=False):
-        self.calls.append(("create_repo", repo_id, private))
-        return f"https://huggingface.co/{repo_id}"
-
-    def list_repo_files(self, repo_id, repo_type=None):
-        return sorted(self.existing)
-
-    def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None):
-        self.calls.append(("upload_folder", repo_id))
-        self.uploaded = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        self.existing |= set(self.uploaded)
-        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}",
-                                          commit_message=commit_message, commit_description="", oid="c" * 40)
-
-
-def test_push_creates_the_repo_uploads_three_files_and_refuses_to_overwrite(saved, tmp_path, images):
-    model, folder = saved
-    config = _test_config(folder, tmp_path)
-    api = FakeHfApi(token=TOKEN)
-    url = push_to_hub(folder, config, token=TOKEN, api=api)
-    assert url == "https://huggingface.co/test-org/resnet10t_isomaxplus.test"
-    assert api.calls == [("create_repo", config.repo_id, False), ("upload_folder", config.repo_id)]
-    assert sorted(api.uploaded) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]  # never a pickle
-    assert all(TOKEN.encode() not in content for content in api.uploaded.values())
-    hub_config = json.loads(api.uploaded[CONFIG_NAME])
-    assert hub_config["architecture"] == ARCH and hub_config["num_classes"] == 10
-    assert hub_config["isomax"]["head_type"] == "isomaxplus" and "import timm_isomax" in hub_config["isomax"]["usage"]
-    assert hub_config["pretrained_cfg"]["tag"] == "test"
-    # the push is recorded in the hub config file: the commit its tag will load, the weights' hash
-    assert load_hub_config(config.path).published == dict(revision="c" * 40, weights_sha256=weights_sha256(folder / WEIGHTS_NAME))
-
-    with pytest.raises(FileExistsError, match="force"):
-        push_to_hub(folder, config, api=api)
-    assert api.calls[-1][0] == "create_repo"  # refused before uploading anything
-    push_to_hub(folder, config, api=api, force=True)
-    assert api.calls[-1] == ("upload_folder", config.repo_id)
-
-
-def test_push_script_dry_run_and_token_never_printed(saved, tmp_path, monkeypatch, capsys):
-    model, folder = saved
-    config = _test_config(folder, tmp_path)
-    script = _load_script("push")
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    FakeHfApi.instances.clear()
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    assert script.main([str(config.path), "--token-file", str(token_file)]) == 0
-    assert FakeHfApi.instances[-1].token == TOKEN  # the token reaches HfApi, and only HfApi
-    assert script.main([str(config.path), "--token-file", str(token_file), "--dry-run", str(tmp_path / "dry")]) == 0
-    out = capsys.readouterr()
-    assert TOKEN not in out.out + out.err
-    dry = tmp_path / "dry"
-    assert sorted(p.name for p in dry.iterdir()) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]
-    assert all(TOKEN.encode() not in p.read_bytes() for p in dry.iterdir())
-    assert FakeHfApi.instances[-1].uploaded.keys() == {p.name for p in dry.iterdir()}
-
-
 def test_model_card_has_the_required_fields(saved, tmp_path):
     config = _test_config(saved[1], tmp_path)
     card = render_model_card(config)
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     for line in ("library_name: timm", "license: apache-2.0", "- image-classification", "- timm",
-                 "- out-of-distribution-detection", "- isomax", "- ylecun/mnist", "- accuracy"):
+                 "- out-of-distribution-detection", "- isomax", "- ylecun/mnist", "- accuracy", "model-index:"):
         assert line in front.splitlines()
     assert "import timm_isomax" in body and "registers" in body
     assert "Entropic Out-of-Distribution Detection" in body and "2105.14399" in body
     assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
+
+
+def _expected_index(config):
+    # what the card must say, straight from the hub config's measured numbers (%, 2 decimals)
+    metrics = config.metrics
+    expected = {(config.dataset.get("hub_id") or config.dataset["name"], "accuracy"): round(100 * metrics["accuracy"], 2)}
+    for ood in config.ood_datasets:
+        for key, metric_type in (("auroc", "roc_auc"), ("fpr_at_95_tpr", "fpr_at_95_tpr")):
+            expected[(ood.get("hub_id") or ood["name"], metric_type)] = round(100 * metrics["ood"][ood["name"]][key], 2)
+    return expected
+
+
+@pytest.mark.parametrize("name", [c.name for c in packaged_hub_configs()])
+def test_every_hub_config_card_carries_model_index_metrics_that_parse_back(name, tmp_path):
+    from huggingface_hub import ModelCard, metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from .hub_server import _card_metadata_errors
+
+    config = next(c for c in packaged_hub_configs() if c.name == name)
+    assert config.metrics, f"{config.path} is not measured"
+    path = tmp_path / CARD_NAME
+    path.write_text(render_model_card(config))
+    # huggingface_hub's three readers: the card object, the raw metadata, the model-index parser
+    card = ModelCard.load(path)
+    index = metadata_load(path)["model-index"]
+    model_name, results = model_index_to_eval_results(index)
+    assert model_name == card.data.model_name == config.name
+    parsed = {(r.dataset_type, r.metric_type): r.metric_value for r in results}
+    assert parsed == {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert parsed == _expected_index(config)
+    assert all(r.task_type == "image-classification" and r.dataset_split for r in results)
+    names = {r.metric_type: r.metric_name for r in results}
+    assert "ID positive" in names["fpr_at_95_tpr"] and "95%" in names["fpr_at_95_tpr"]
+    assert "ID positive" in names["roc_auc"] and "AUROC" in names["roc_auc"]
+    # the OOD rows say which set was in- and which out-of-distribution, and with which score
+    ood_rows = [r for r in results if r.metric_type != "accuracy"]
+    assert all("(OOD)" in r.dataset_name and "(ID)" in r.dataset_name and config.metrics["score"] in r.task_name
+               for r in ood_rows)
+    assert _card_metadata_errors(path.read_text()) == []  # the test Hub's own schema check agrees
+    # the table in the body prints the same numbers
+    for (_, metric_type), value in parsed.items():
+        assert f"{value:.2f}" in card.text
+
+
+def test_an_unmeasured_card_has_no_model_index_and_a_broken_one_is_caught(saved, tmp_path):
+    from .hub_server import _card_metadata_errors
+
+    config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
+    card = render_model_card(config)
+    assert "model-index" not in card and _card_metadata_errors(card) == []
+    # the check can fail: a metric without a value, as a hand-edited card might have it
+    broken = render_model_card(_test_config(saved[1], tmp_path)).replace("value: 90.0", "value: null", 1)
+    assert "value: null" in broken
+    assert any("value" in e for e in _card_metadata_errors(broken))
 
 
 def test_push_refuses_unmeasured_config(saved, tmp_path):
@@ -316,15 +302,14 @@ def _swapped_weights_file(folder, config):
     ("other_arch", lambda folder, config: config.update(architecture="resnet18_isomaxplus"), "resnet18_isomaxplus model"),
 ])
 def test_push_refuses_a_folder_that_is_not_the_model_the_card_describes(saved, tmp_path, name, change, message):
-    # the case that wrote a Fashion-MNIST model under the MNIST card: nothing compared them
+    # the case that wrote a Fashion-MNIST model under the MNIST card: nothing compared them. The same check
+    # runs before any contact with the Hub (test_hub_http.py: not one request reaches the server)
     config = _test_config(saved[1], tmp_path)
     folder = _other_folder(saved, tmp_path, name, change)
-    api = FakeHfApi(token=TOKEN)
-    for kwargs in (dict(dry_run=True, dry_run_dir=tmp_path / "dry"), dict(api=api), dict(api=api, force=True)):
-        with pytest.raises(ValueError, match=f"^refusing to publish: .*{message}") as error:
-            push_to_hub(folder, config, **kwargs)
-        assert "\n" not in str(error.value)
-    assert api.calls == [] and not (tmp_path / "dry").exists()  # refused before contacting the Hub or writing
+    with pytest.raises(ValueError, match=f"^refusing to publish: .*{message}") as error:
+        push_to_hub(folder, config, dry_run=True, dry_run_dir=tmp_path / "dry")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "dry").exists()  # refused before writing
 
 
 def test_push_refuses_a_config_measured_before_hashes_were_recorded(saved, tmp_path):

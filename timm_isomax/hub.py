@@ -22,7 +22,7 @@ from .model import IsoMaxClassifier, ood_config_problem
 from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
 if TYPE_CHECKING:  # hub_config imports this module
-    from huggingface_hub import HfApi
+    from huggingface_hub import EvalResult, HfApi, ModelInfo
 
     from .hub_config import HubConfig
 
@@ -33,6 +33,7 @@ __all__ = [
     "check_model_folder",
     "hub_downloads",
     "render_model_card",
+    "model_card_eval_results",
     "write_model_card",
     "prepare_repo_folder",
     "push_to_hub",
@@ -71,55 +72,111 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _host_resolves(url: str) -> bool:
+def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host opens within ``timeout`` seconds (name lookup included).
+
+    Where it does not (no network, a server that is down), huggingface_hub would retry for ~25 s before
+    giving up. Behind a proxy the route is the proxy's: assume reachable and let huggingface_hub try.
+    """
     import socket
+    import urllib.request
     from urllib.parse import urlparse
 
-    host = urlparse(url).hostname
-    try:
-        socket.getaddrinfo(host, 443)
-    except (socket.gaierror, UnicodeError):
-        return False
-    except OSError:  # anything else (a slow resolver, a proxy setup): let huggingface_hub try
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    if urllib.request.getproxies().get(parsed.scheme) and not urllib.request.proxy_bypass(host):
         return True
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except (OSError, UnicodeError):  # unknown host, refused, unreachable network, timeout
+        return False
     return True
+
+
+def _transport_errors() -> Tuple[type, ...]:
+    # the HTTP library under huggingface_hub changed between releases (requests, httpx, httpx2): its
+    # connection-level errors, whichever is installed
+    import importlib
+
+    found = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def _hub_failure(error: BaseException) -> Optional[Tuple[Optional[int], str]]:
+    """``(HTTP status or None for a broken connection, one-line cause)`` of a failed Hub request; None if
+    ``error`` is no HTTP failure."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        response = error.response
+        status = response.status_code
+        reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", "") or ""
+        message = (error.server_message or "").strip().splitlines()
+        return status, f"the Hub answered {status} {reason}".rstrip() + (f": {message[0].rstrip('.')}" if message else "")
+    if isinstance(error, _transport_errors()):
+        first = str(error).strip().splitlines()
+        what = "could not connect" if "connect" in type(error).__name__.lower() else "the connection broke"
+        return None, f"{what} ({type(error).__name__}{': ' + first[0] if first else ''})"
+    return None
 
 
 @contextlib.contextmanager
 def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
     """Downloads of ``repo_id`` from the Hugging Face Hub (``what``: the model they are for), made predictable.
 
-    Where the Hub's host does not even resolve (no network), downloads run in offline mode for this block,
-    so a cached copy loads at once and a missing one fails at once, instead of after huggingface_hub's
-    retries (~25 s here). Any failure to get the files is one ``FileNotFoundError`` line naming the repo
-    and what to do.
+    Where the Hub (``HF_ENDPOINT``) cannot even be connected to, downloads run in offline mode for this
+    block, so a cached copy loads at once and a missing one fails at once, instead of after
+    huggingface_hub's retries (~25 s). Any failure to get the files (no such repo, revision or file, refused
+    access, a server error, a connection that broke and stayed broken) is one ``FileNotFoundError`` line
+    naming the repo, the cause and what to do. A broken download leaves only huggingface_hub's
+    ``.incomplete`` blob, which the next try resumes; nothing half-written is ever loaded.
 
     Example:
         >>> with hub_downloads("timm-isomax/resnet10t_isomaxplus.mnist", "resnet10t_isomaxplus.mnist"):
         ...     model = timm.create_model("hf-hub:timm-isomax/resnet10t_isomaxplus.mnist", pretrained=True)
     """
     from huggingface_hub import constants
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 
     offline_before = constants.HF_HUB_OFFLINE
-    unreachable = not offline_before and not _host_resolves(constants.ENDPOINT)
+    unreachable = not offline_before and not _hub_reachable(constants.ENDPOINT)
     if unreachable:
         constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at each call; restored below
     todo = (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it with "
             f"`timm-isomax reproduce HUB_CONFIG`")
     try:
         yield
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        failure = _hub_failure(error.__cause__) if error.__cause__ is not None else None
         why = (f"the Hub ({constants.ENDPOINT}) is unreachable from here" if unreachable else
-               "HF_HUB_OFFLINE is set" if offline_before else "the download failed")
+               "HF_HUB_OFFLINE is set" if offline_before else
+               f"the download failed ({failure[1]})" if failure else "the download failed")
         raise FileNotFoundError(f"{what}: {repo_id} is not in the local Hugging Face cache and {why}; connect and retry, "
                                 f"{todo}.") from None
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"{what}: the Hub has no repo {repo_id} (or it is private: log in with `hf auth login` "
                                 f"or set HF_TOKEN); check the name, or {todo}.") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{what}: {repo_id} has no such revision (the commit, branch or tag after '@'); check "
+                                f"it against the repo's history, or drop it to load the latest commit.") from None
     except EntryNotFoundError as error:
         raise FileNotFoundError(f"{what}: {repo_id} lacks a file the model needs ({str(error).splitlines()[0]}); it is "
                                 f"not a timm model repo (config.json + model.safetensors).") from None
+    except Exception as error:
+        failure = _hub_failure(error)
+        if failure is None:
+            raise
+        status, cause = failure
+        then = ("log in with `hf auth login` or set HF_TOKEN to a token that may read it" if status in (401, 403) else
+                "retry: a broken download resumes where it stopped" if status is None or status >= 500 or status == 429
+                else f"check the repo, or {todo}")
+        raise FileNotFoundError(f"{what}: downloading {repo_id} from {constants.ENDPOINT} failed: {cause}; {then}.") from None
     finally:
         constants.HF_HUB_OFFLINE = offline_before
 
@@ -361,33 +418,94 @@ def _percent(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _points(value: float) -> float:
+    # the model-index values: percent, rounded as the card's table prints them
+    return round(100 * value, 2)
+
+
+# model-index metric (type, name): types the Hub knows (hf.co/metrics) where there is one; the name states the
+# convention, since FPR@95 differs between papers (timm_isomax.evaluation.CONVENTIONS)
+_INDEX_ACCURACY = ("accuracy", "Top-1 accuracy (%)")
+_INDEX_OOD_METRICS = (("auroc", "roc_auc", "AUROC (%), ID positive"),
+                      ("fpr_at_95_tpr", "fpr_at_95_tpr", "FPR@95 (%), ID positive: OOD accepted when 95% of ID is accepted"))
+
+
+def model_card_eval_results(config: "HubConfig") -> List["EvalResult"]:
+    """The measured numbers of ``config`` as huggingface_hub ``EvalResult``s: what the card's ``model-index``
+    holds and the Hub shows as evaluation results. Values in % (as in the card's table): the ID test split's
+    accuracy, then for each OOD set its AUROC and FPR@95 (ID positive) with the config's OOD score. Empty
+    until ``timm-isomax reproduce`` has measured the model.
+
+    Example:
+        >>> results = model_card_eval_results(load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json"))
+        >>> [(r.dataset_type, r.metric_type) for r in results][:3]
+        [('ylecun/mnist', 'accuracy'), ('zalando-datasets/fashion_mnist', 'roc_auc'), ('zalando-datasets/fashion_mnist', 'fpr_at_95_tpr')]
+    """
+    from huggingface_hub import EvalResult
+
+    metrics = config.metrics or {}
+    if metrics.get("accuracy") is None:
+        return []
+    dataset = config.dataset
+    results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=dataset.get("hub_id") or dataset["name"], dataset_name=dataset["name"],
+                          dataset_split=dataset["eval_split"], metric_type=_INDEX_ACCURACY[0],
+                          metric_name=_INDEX_ACCURACY[1], metric_value=_points(metrics["accuracy"]))]
+    score = metrics.get("score", "?")
+    for ood in config.ood_datasets:
+        row = metrics.get("ood", {}).get(ood["name"], {})
+        for key, metric_type, metric_name in _INDEX_OOD_METRICS:
+            if row.get(key) is not None:
+                results.append(EvalResult(
+                    task_type="image-classification",
+                    task_name=f"Out-of-distribution detection ({score} score, in-distribution: {dataset['name']})",
+                    dataset_type=ood.get("hub_id") or ood["name"],
+                    dataset_name=f"{ood['name']} {ood['split']} (OOD) vs {dataset['name']} {dataset['eval_split']} (ID)",
+                    dataset_split=ood["split"], metric_type=metric_type, metric_name=metric_name,
+                    metric_value=_points(row[key])))
+    return results
+
+
+def _card_front_matter(config: "HubConfig") -> str:
+    # huggingface_hub's own writer: the metadata is exactly what its parser (and the Hub) reads back
+    from huggingface_hub import ModelCardData
+
+    results = model_card_eval_results(config)
+    data = ModelCardData(library_name="timm", license=config.license, pipeline_tag="image-classification",
+                         tags=[*_CARD_TAGS, config.head_type], datasets=[config.dataset.get("hub_id") or config.dataset["name"]],
+                         metrics=["accuracy", "roc_auc"], model_name=config.name if results else None,
+                         eval_results=results or None)
+    return data.to_yaml()
+
+
 def render_model_card(config: "HubConfig") -> str:
     """The model card (README.md with YAML front matter) of a published model, from its hub config.
+
+    The front matter carries ``model-index`` (:func:`model_card_eval_results`) once the config is measured;
+    the usage snippet runs as printed once the repo is on the Hub (``tests/test_hub_http.py`` runs it).
 
     Example:
         >>> card = render_model_card(load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json"))
     """
     metrics = config.metrics or {}
-    datasets = [config.dataset.get("hub_id") or config.dataset["name"]]
-    lines = ["---", "library_name: timm", f"license: {config.license}", "pipeline_tag: image-classification",
-             "tags:", *(f"- {t}" for t in (*_CARD_TAGS, config.head_type)), "datasets:", *(f"- {d}" for d in datasets),
-             "metrics:", "- accuracy", "- roc_auc", "---", "",
+    lines = ["---", _card_front_matter(config), "---", "",
              f"# {config.name}", "", config.description or f"{config.architecture} trained on {config.dataset['name']}.",
              "", f"An {'IsoMax+' if config.head_type == 'isomaxplus' else 'IsoMax'} classifier: its logits are negative "
              "distances to class prototypes, so the same forward pass gives the class and an out-of-distribution "
              "(OOD) score, with no extra training or post-processing.", "",
              "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
              "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (needed)", "",
-             f'model = timm.create_model("{config.name}", pretrained=True).eval()',
-             f'# or: timm.create_model("hf-hub:{config.repo_id}", pretrained=True)',
-             "", "from PIL import Image", "image = Image.open(\"example.png\")  # preprocessed with the model's data config",
+             f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
+             f'# or, where the installed timm-isomax ships its hub config: timm.create_model("{config.name}", pretrained=True)',
+             "", "from PIL import Image", "image = Image.open(\"example.png\")  # your image; preprocessed with the model's data config",
              "for p in timm_isomax.predict(model, [image]):",
              "    print(p.label, p.score, p.is_ood)  # score: higher = more in-distribution; is_ood: score < threshold",
              "```", ""]
     if metrics:
         lines += [f"## Results ({config.dataset['name']} test split as in-distribution)", "",
                   f"Accuracy on {config.dataset['name']} ({config.dataset['eval_split']}, {metrics.get('id_images')} images): "
-                  f"**{_percent(metrics.get('accuracy'))}%**. OOD score: `{metrics.get('score')}`. All values in %.", "",
+                  f"**{_percent(metrics.get('accuracy'))}%**. OOD score: `{metrics.get('score')}`. All values in %; "
+                  "accuracy, AUROC and FPR@95 are also in this card's `model-index` metadata (the Hub's evaluation results).", "",
                   "| OOD set | images | " + " | ".join(title for _, title in _CARD_COLUMNS) + " |",
                   "|---|---:|" + "---:|" * len(_CARD_COLUMNS)]
         for name, row in metrics.get("ood", {}).items():
@@ -448,6 +566,72 @@ def _write_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Union
     return [out / CONFIG_NAME, out / WEIGHTS_NAME, out / CARD_NAME]
 
 
+# what a push writes; the Hub's own initial commit adds .gitattributes, which is no content of anyone's
+_REPO_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+_HUB_OWN_FILES = frozenset({".gitattributes"})
+
+
+def _git_blob_sha1(content: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _differences(info: "ModelInfo", staged: Dict[str, Path]) -> Tuple[List[str], List[str]]:
+    """(files of this push the repo holds with other content, files the repo holds that this push does not write)."""
+    import hashlib
+
+    remote = {s.rfilename: s for s in info.siblings or [] if s.rfilename not in _HUB_OWN_FILES}
+    changed = []
+    for name, path in staged.items():
+        sibling = remote.get(name)
+        if sibling is None:
+            continue
+        content = path.read_bytes()
+        # an LFS file is known by the SHA-256 of its content, any other by its git blob id
+        same = (sibling.lfs.sha256 == hashlib.sha256(content).hexdigest() if sibling.lfs is not None
+                else sibling.blob_id == _git_blob_sha1(content))
+        if not same:
+            changed.append(name)
+    return changed, sorted(set(remote) - set(staged))
+
+
+# what to do after a failed push, by HTTP status (None: the connection failed or broke)
+_PUSH_ADVICE = {
+    None: "check the network and HF_ENDPOINT, then run the same push again (it sees what, if anything, landed)",
+    401: "log in with `hf auth login`, set HF_TOKEN or pass --token-file with a token that has write access",
+    403: "push under a namespace your token may write to (repo_id in the hub config), or ask the namespace's "
+         "owners for write access",
+    404: "check repo_id in the hub config and that your token can see the repo",
+    409: "run the same push again: it checks what the repo holds now",
+    412: "the repo changed while pushing; run the same push again: it checks what the repo holds now",
+}
+_PUSH_ERRORS = {None: ConnectionError, 401: PermissionError, 403: PermissionError, 404: FileNotFoundError,
+                409: FileExistsError, 412: FileExistsError}
+
+
+@contextlib.contextmanager
+def _push_failures(config: "HubConfig", endpoint: str) -> Iterator[None]:
+    # every way the Hub can fail a push, as one line naming the cause and what to do next
+    try:
+        yield
+    except Exception as error:
+        failure = _hub_failure(error)
+        if failure is None:
+            if isinstance(error, ValueError) and "\n" in str(error):  # e.g. the Hub's verdict on the card's metadata
+                raise ValueError(f"pushing {config.name} to {config.repo_id} failed: "
+                                 + "; ".join(line.strip(" -") for line in str(error).splitlines() if line.strip())) from None
+            raise
+        status, cause = failure
+        server_side = status is not None and (status >= 500 or status == 429)
+        advice = "retry later" if server_side else _PUSH_ADVICE.get(status, "see the Hub's answer")
+        error_type = ConnectionError if server_side else _PUSH_ERRORS.get(status, ValueError)
+        landed = ("nothing was committed unless the broken request was the commit itself" if status is None
+                  else "nothing was committed")
+        raise error_type(f"pushing {config.name} to {config.repo_id} on {endpoint} failed: {cause}; {landed}; "
+                         f"{advice}.") from None
+
+
 def push_to_hub(
     folder: Union[str, Path],
     hub_config: Union["HubConfig", str, Path],
@@ -460,18 +644,30 @@ def push_to_hub(
 ) -> str:
     """Publish the model in ``folder`` as ``hub_config.repo_id``; returns the repo URL (or the dry-run folder).
 
+    One commit on the Hub's ``main`` holding config.json, model.safetensors (LFS) and README.md, made on top of
+    the commit that was checked (``parent_commit``), so nothing pushed by someone else in between is overwritten.
+
     Refuses (``ValueError``, before contacting the Hub) a folder that is not the model the hub config
     measured: other weights (SHA-256), architecture, label names or data config; ``force`` never overrides
-    that. Refuses (``FileExistsError``) to overwrite a model card or weights already on the Hub unless ``force``.
-    After the upload, the hub config (its file, when it was read from one) records ``published``: the commit
-    and the weights' hash, which is what registers its tag as pretrained weights.
+    that. Refuses (``FileExistsError``) a repo that holds other content (another version of these files, or
+    files that are not this model's) unless ``force``, which overwrites the three files and keeps the others.
+    A repo that already holds exactly these files (a second push, or a retry after a push whose answer was
+    lost) gets no new commit. After the push, the hub config (its file, when it was read from one) records
+    ``published``: the commit and the weights' hash, which is what registers its tag as pretrained weights;
+    before that nothing is written locally. Failures are one line (``ConnectionError``: unreachable, a broken
+    connection, 5xx; ``PermissionError``: 401/403; ``FileNotFoundError``: 404; ``FileExistsError``: 409/412,
+    or other content without ``force``); running the same push again is always safe.
+
     ``dry_run`` writes exactly what would be uploaded into ``dry_run_dir`` and contacts nobody. The token
-    goes to ``HfApi`` only; it is never printed or written.
+    goes to ``HfApi`` only (default: HF_TOKEN or the saved login); it is never printed or written. ``api``:
+    an ``HfApi`` of your own (another ``endpoint``, headers); by default one for ``HF_ENDPOINT``.
 
     Example:
         >>> push_to_hub("outputs/resnet10t_isomaxplus.mnist", "hub_configs/resnet10t_isomaxplus.mnist.json",
         ...             dry_run=True, dry_run_dir="outputs/hub_dry_run")
     """
+    from huggingface_hub import CommitOperationAdd
+
     from .hub_config import load_hub_config, write_hub_config
 
     config = hub_config if not isinstance(hub_config, (str, Path)) else load_hub_config(hub_config)
@@ -485,17 +681,32 @@ def push_to_hub(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    repo_url = api.create_repo(config.repo_id, repo_type="model", private=private, exist_ok=True)
-    existing = set(api.list_repo_files(config.repo_id, repo_type="model")) & {CARD_NAME, WEIGHTS_NAME, CONFIG_NAME}
-    if existing and not force:
-        raise FileExistsError(f"{config.repo_id} already holds {sorted(existing)} on the Hub; pass force=True "
-                              f"(--force) to overwrite them.")
     with tempfile.TemporaryDirectory() as staging:
-        _write_repo_folder(folder, config, staging)
-        commit = api.upload_folder(repo_id=config.repo_id, repo_type="model", folder_path=staging,
-                                   commit_message=f"Upload {config.name} (timm-isomax)")
+        staged = {path.name: path for path in _write_repo_folder(folder, config, staging)}
+        with _push_failures(config, api.endpoint):
+            repo_url = api.create_repo(config.repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.model_info(config.repo_id, files_metadata=True)
+            changed, others = _differences(info, staged)
+            held = {s.rfilename for s in info.siblings or []}
+            if (changed or others) and not force:
+                what = "; ".join(part for part in (
+                    f"other versions of {changed}" if changed else "",
+                    f"files that are not part of this model: {others}" if others else "") if part)
+                raise FileExistsError(f"{config.repo_id} already holds {what}; pass force=True (--force) to overwrite "
+                                      f"{list(_REPO_FILES)}{' (the other files stay)' if others else ''}.")
+            if changed or not set(staged) <= held:
+                commit = api.create_commit(
+                    config.repo_id, repo_type="model", parent_commit=info.sha,
+                    operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                                for name, path in staged.items()],
+                    commit_message=f"Upload {config.name} (timm-isomax)",
+                    commit_description=f"Weights SHA-256 (tensors): {config.metrics['weights_sha256']}; measured with "
+                                       f"`{config.metrics.get('command')}`.")
+                revision = commit.oid
+            else:  # already there, byte for byte: its commit is the published one
+                revision = info.sha
     # the record that makes the tag loadable (pinned to this commit) once the hub config ships
-    config.published = dict(revision=getattr(commit, "oid", None), weights_sha256=config.metrics["weights_sha256"])
+    config.published = dict(revision=revision, weights_sha256=config.metrics["weights_sha256"])
     if config.path is not None:
         write_hub_config(config)
     return str(repo_url)

@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .hub import _atomic_write
 
-__all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "HUB_CONFIG_PACKAGE"]
+__all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "metric_differences",
+           "HUB_CONFIG_PACKAGE", "SAME_WEIGHTS_TOLERANCE", "RETRAINED_TOLERANCE"]
 
 HUB_CONFIG_PACKAGE = "timm_isomax.hub_configs"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -37,8 +38,8 @@ _HEAD_SUFFIXES = ("_isomaxplus", "_isomax")
 class HubConfig:
     """One published model. ``metrics`` is None until ``timm-isomax reproduce`` (or a person) measures it.
 
-    ``dataset``: ``{"name", "path", "train_split", "eval_split"}`` (+ optional ``"hub_id"`` for the card);
-    ``ood_datasets``: ``[{"name", "path", "split"}, ...]``; ``finetune_args``: the ``timm-isomax finetune``
+    ``dataset``: ``{"name", "path", "train_split", "eval_split"}`` (+ optional ``"hub_id"``, the Hub dataset id
+    the card's metadata names); ``ood_datasets``: ``[{"name", "path", "split"}, ...]`` (+ optional ``"hub_id"``); ``finetune_args``: the ``timm-isomax finetune``
     arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``;
     ``published``: ``{"revision", "weights_sha256"}``, written by ``timm-isomax push`` once the weights are on
     the Hub. Only a published config registers its tag with timm's pretrained weights (pinned to that
@@ -110,6 +111,10 @@ def _validate(data: Any, where: str) -> HubConfig:
     _require(isinstance(data["ood_datasets"], list) and all(
         isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "path", "split"))
         for d in data["ood_datasets"]), where, "ood_datasets must be a list of {name, path, split}")
+    for i, entry in enumerate([data["dataset"], *data["ood_datasets"]]):
+        # the card's model-index names the data by its Hub dataset id
+        _require(entry.get("hub_id") is None or (isinstance(entry["hub_id"], str) and bool(_REPO_ID.match(entry["hub_id"]))),
+                 where, f"{'dataset' if i == 0 else f'ood_datasets[{i - 1}]'}.hub_id must be a Hub dataset id 'ORG/NAME'")
     args = data["finetune_args"]
     _require(isinstance(args, list) and all(isinstance(a, str) for a in args), where,
              "finetune_args must be a list of strings (the `timm-isomax finetune` argument list)")
@@ -175,3 +180,38 @@ def packaged_hub_configs() -> List[HubConfig]:
 
 
 packaged_hub_configs.cache_clear = _packaged.cache_clear  # type: ignore[attr-defined]
+
+
+# How far a re-measured number may be from the recorded one (``timm-isomax reproduce --check``), in percentage
+# points for accuracy and the OOD metrics, in % of the value for the threshold. The same weights must give the
+# same numbers (the evaluation is deterministic; the margin only absorbs float summation order). Retrained
+# weights differ by training noise where CPU training is not bit-reproducible (other thread counts, CPUs).
+SAME_WEIGHTS_TOLERANCE = 0.01
+RETRAINED_TOLERANCE = 1.0
+
+
+def metric_differences(recorded: Dict[str, Any], measured: Dict[str, Any], tolerance: float) -> List[Tuple[str, Any, Any, bool]]:
+    """Every number a hub config records, beside its re-measured value: ``(name, recorded, measured, within)``.
+
+    ``within`` is whether the two agree: equal for image counts and the score, within ``tolerance`` points
+    for accuracy and each OOD metric of each set, within ``tolerance`` % of the value for the threshold.
+
+    Example:
+        >>> [row for row in metric_differences(config.metrics, remeasured, RETRAINED_TOLERANCE) if not row[3]]
+        [('ood.notmnist.fpr_at_95_tpr', 0.1018, 0.1312, False)]
+    """
+    rows: List[Tuple[str, Any, Any, bool]] = []
+
+    def points(name: str, old: Any, new: Any) -> None:
+        rows.append((name, old, new, new is not None and abs(100 * (new - old)) <= tolerance + 1e-12))
+
+    for key in ("score", "id_images", "ood_images"):
+        rows.append((key, recorded.get(key), measured.get(key), recorded.get(key) == measured.get(key)))
+    points("accuracy", recorded["accuracy"], measured.get("accuracy"))
+    for ood_set, row in recorded.get("ood", {}).items():
+        for metric, old in row.items():
+            points(f"ood.{ood_set}.{metric}", old, measured.get("ood", {}).get(ood_set, {}).get(metric))
+    old, new = recorded.get("threshold"), measured.get("threshold")
+    if old is not None:
+        rows.append(("threshold", old, new, new is not None and abs(new - old) <= abs(old) * tolerance / 100 + 1e-12))
+    return rows

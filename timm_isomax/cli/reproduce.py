@@ -5,13 +5,24 @@
 1. runs `timm-isomax finetune` with the config's ``finetune_args`` (into its ``source_checkpoint`` folder);
 2. evaluates the result with timm_isomax.evaluation on the ID test split and every OOD set;
 3. writes the measured numbers (accuracy, OOD metrics per set with their conventions, the deployment
-   threshold, the temperature), the label names and the data config into the hub config, and the model
-   card (README.md) into the model folder.
+   threshold, the temperature, the weights' hash), the label names and the data config into the hub config,
+   and the model card (README.md, with the numbers as `model-index` metadata) into the model folder.
 
 --evaluate-only skips step 1 (the folder must hold the trained model); --resume continues an interrupted
 training run. Run it from the repository root: the recorded dataset paths are relative to it.
+
+--check writes nothing: it retrains the recipe into a scratch folder (--check-dir, default
+SOURCE_CHECKPOINT.check) and compares the numbers it measures there with the recorded ones; with
+--evaluate-only it re-measures the source_checkpoint folder instead (the weights `timm-isomax push` uploads).
+Numbers must agree within --tolerance (default: 0.01 points where the weights are the recorded ones bit for
+bit, 1.0 point where training gave other weights; the threshold within that many % of its value). Exit code
+0: all agree; 1: some differ (each is listed); 2: an error.
+
+    timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json --check
+    timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json --check --evaluate-only
 """
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -20,24 +31,31 @@ from typing import List, Optional
 import datasets
 
 from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
-from timm_isomax.hub_config import HubConfig, load_hub_config, write_hub_config
+from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
+                                    metric_differences, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main
 from timm_isomax.provenance import weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
 
-def train(config: HubConfig, resume: bool = False) -> None:
-    """Run ``timm-isomax finetune`` with the config's recipe (its own argument parsing: exactly as typed)."""
-    args = list(config.finetune_args) + (["--resume"] if resume and "--resume" not in config.finetune_args else [])
+def train(config: HubConfig, resume: bool = False, output: Optional[str] = None) -> None:
+    """Run ``timm-isomax finetune`` with the config's recipe (its own argument parsing: exactly as typed);
+    ``output``: another folder to train into than the recipe's ``--output``."""
+    args = list(config.finetune_args)
+    if output is not None:
+        args[args.index("--output") + 1] = output
+    if resume and "--resume" not in args:
+        args.append("--resume")
     print("timm-isomax finetune " + shlex.join(args))
     code = finetune_main(args)
     if code:
         raise SystemExit(f"error: fine-tuning failed (exit code {code}); fix the recipe in {config.path} or pass --resume.")
 
 
-def measure(config: HubConfig) -> HubConfig:
-    """Evaluate ``config.source_checkpoint`` and return the config with metrics, labels and data config filled."""
-    folder = Path(config.source_checkpoint)
+def measure(config: HubConfig, folder: Optional[str] = None) -> HubConfig:
+    """Evaluate the model in ``folder`` (default: ``config.source_checkpoint``); returns a copy of the config
+    with the measured metrics, label names and data config (the argument is left as it was)."""
+    folder = Path(folder or config.source_checkpoint)
     model = load_model(f"local-dir:{folder}")
     limit = config.evaluation.get("limit")
     id_set = load_eval_set(config.dataset["path"], config.dataset["eval_split"], limit=limit, name=config.dataset["name"])
@@ -46,7 +64,7 @@ def measure(config: HubConfig) -> HubConfig:
     score = model.ood_config["score"]
     saved = read_config(folder)
     command = f"timm-isomax reproduce {config.path}" if config.path else "timm-isomax reproduce"
-    config.metrics = dict(
+    metrics = dict(
         accuracy=result.accuracy,
         id_images=len(id_set.dataset),
         ood_images={s.name: len(s.dataset) for s in ood_sets},
@@ -62,11 +80,48 @@ def measure(config: HubConfig) -> HubConfig:
         # which weights these numbers describe: push refuses any other folder (timm_isomax.provenance)
         weights_sha256=weights_sha256(folder / WEIGHTS_NAME),
     )
-    config.label_names = saved.get("label_names")
-    config.data_config = {k: saved["pretrained_cfg"][k] for k in
-                          ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-                          if k in saved.get("pretrained_cfg", {})}
-    return config
+    data_config = {k: saved["pretrained_cfg"][k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+                   if k in saved.get("pretrained_cfg", {})}
+    return dataclasses.replace(config, metrics=metrics, label_names=saved.get("label_names"), data_config=data_config)
+
+
+def _show(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def check(config: HubConfig, evaluate_only: bool, check_dir: Optional[str], tolerance: Optional[float],
+          resume: bool = False) -> int:
+    """``reproduce --check``: re-measure (after retraining unless ``evaluate_only``) and compare with the
+    recorded numbers; prints each comparison and returns the exit code (0 all agree, 1 some differ)."""
+    recorded = config.metrics
+    if not recorded:
+        raise ValueError(f"{config.path} records no metrics to check; run `timm-isomax reproduce {config.path}` first.")
+    folder = config.source_checkpoint if evaluate_only else (check_dir or f"{config.source_checkpoint}.check")
+    if evaluate_only and not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"{folder} holds no trained model; run without --evaluate-only to retrain it.")
+    if not evaluate_only:
+        train(config, resume=resume, output=folder)
+    measured = measure(config, folder).metrics
+    same_weights = measured["weights_sha256"] == recorded.get("weights_sha256")
+    limit = tolerance if tolerance is not None else SAME_WEIGHTS_TOLERANCE if same_weights else RETRAINED_TOLERANCE
+    print(f"weights in {folder}: {'the recorded ones, bit for bit' if same_weights else 'other than the recorded ones'} "
+          f"(SHA-256 {measured['weights_sha256'][:12]}, recorded {str(recorded.get('weights_sha256'))[:12]}); "
+          f"tolerance {limit:g} points (threshold: {limit:g}% of its value)")
+    rows = metric_differences(recorded, measured, limit)
+    width = max(len(name) for name, *_ in rows)
+    for name, old, new, within in rows:
+        diff = f"{100 * (new - old):+.3f} points" if isinstance(old, float) and isinstance(new, float) and name != "threshold" else ""
+        print(f"  {'ok  ' if within else 'DIFF'} {name:<{width}}  recorded {_show(old):>10}  measured {_show(new):>10}  {diff}")
+    differing = [name for name, *_, within in rows if not within]
+    if evaluate_only and not same_weights:
+        differing.append("weights_sha256")
+        print(f"  DIFF {config.source_checkpoint} holds other weights than the recorded ones: `timm-isomax push` "
+              f"refuses it; re-measure with `timm-isomax reproduce {config.path} --evaluate-only`")
+    if differing:
+        print(f"{config.name}: {len(differing)} recorded number(s) differ from the re-measured ones: {', '.join(differing)}")
+        return 1
+    print(f"{config.name}: all {len(rows)} recorded numbers agree with the re-measured ones")
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -74,10 +129,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training: evaluate the existing model folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training run")
+    p.add_argument("--check", action="store_true", help="compare re-measured numbers with the recorded ones; write nothing")
+    p.add_argument("--check-dir", help="with --check: the folder to retrain into (default: SOURCE_CHECKPOINT.check)")
+    p.add_argument("--tolerance", type=float, metavar="POINTS",
+                   help=f"with --check: allowed difference in percentage points (default {SAME_WEIGHTS_TOLERANCE:g} for "
+                        f"the recorded weights, {RETRAINED_TOLERANCE:g} for retrained ones)")
     args = p.parse_args(argv)
     datasets.disable_progress_bars()
     try:
+        if (args.check_dir or args.tolerance is not None) and not args.check:
+            raise ValueError("--check-dir and --tolerance only apply with --check.")
+        if args.tolerance is not None and not args.tolerance >= 0:
+            raise ValueError(f"--tolerance must be a number of points >= 0, got {args.tolerance}.")
         config = load_hub_config(args.hub_config)
+        if args.check:
+            return check(config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
         if not args.evaluate_only:
             train(config, resume=args.resume)
         elif not (Path(config.source_checkpoint) / "config.json").is_file():

@@ -1,0 +1,132 @@
+"""`timm-isomax reproduce CONFIG --check`: the recorded numbers against re-measured ones (on the weights that
+get pushed, or on weights retrained from the recipe), within the stated tolerance; nothing is written."""
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from timm_isomax.cli import reproduce
+from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, load_hub_config, metric_differences,
+                                    write_hub_config)
+
+from .test_hub import _saved_model, _test_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# the small test model names its classes c0..c9, the MNIST data 0..9: evaluation says so, rightly, each time
+pytestmark = pytest.mark.filterwarnings("ignore:the ID set mnist names its classes otherwise")
+
+
+@pytest.fixture
+def measured(shared_data, tmp_path, capsys):
+    """A small model folder and its hub config, measured by `reproduce --evaluate-only` on 200 real images per set."""
+    _saved_model(tmp_path / "model")
+    config = dataclasses.replace(
+        _test_config(tmp_path / "model", tmp_path),
+        dataset=dict(name="mnist", path=str(shared_data / "mnist"), train_split="train", eval_split="test"),
+        ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
+        evaluation=dict(limit=200, batch_size=100), metrics=None)
+    path = write_hub_config(config)
+    assert reproduce.main([str(path), "--evaluate-only"]) == 0
+    capsys.readouterr()
+    return load_hub_config(path)
+
+
+def _check(config, capsys, *extra):
+    before = config.path.read_bytes()
+    code = reproduce.main([str(config.path), "--check", "--evaluate-only", *extra])
+    out = capsys.readouterr()
+    assert config.path.read_bytes() == before  # --check writes nothing
+    return code, out.out, out.err
+
+
+def test_check_passes_on_the_measured_weights_and_lists_every_number(measured, capsys):
+    code, out, err = _check(measured, capsys)
+    assert code == 0, out + err
+    assert "the recorded ones, bit for bit" in out and f"tolerance {SAME_WEIGHTS_TOLERANCE:g} points" in out
+    rows = re.findall(r"^  (ok  |DIFF) (\S+)", out, re.M)
+    names = {name for _, name in rows}
+    assert {"accuracy", "ood.notmnist.auroc", "ood.notmnist.fpr_at_95_tpr", "ood.mean.auroc", "threshold",
+            "id_images", "ood_images", "score"} <= names
+    assert all(status == "ok  " for status, _ in rows) and f"all {len(rows)} recorded numbers agree" in out
+
+
+@pytest.mark.parametrize("key, shift, passes", [
+    ("accuracy", 0.02, False),                    # 2 points: far outside 0.01
+    ("accuracy", 0.00005, True),                  # 0.005 points: float noise, inside
+    (("ood", "notmnist", "fpr_at_95_tpr"), -0.001, False),
+    ("threshold", 0.5, False),
+])
+def test_check_fails_where_a_recorded_number_drifted(measured, capsys, key, shift, passes):
+    metrics = json.loads(json.dumps(measured.metrics))
+    where, last = (metrics, key) if isinstance(key, str) else (metrics[key[0]][key[1]], key[2])
+    where[last] += shift
+    config = load_hub_config(write_hub_config(dataclasses.replace(measured, metrics=metrics)))
+    code, out, err = _check(config, capsys)
+    name = key if isinstance(key, str) else ".".join(key)
+    assert code == (0 if passes else 1), out + err
+    line = next(line for line in out.splitlines() if line.split()[1:2] == [name])
+    assert line.startswith("  ok  " if passes else "  DIFF")
+    if not passes:
+        assert f"differ from the re-measured ones: {name}" in out
+    # a stated wider tolerance accepts the same drift
+    assert _check(config, capsys, "--tolerance", "300")[0] == 0
+
+
+def test_check_fails_when_the_folder_holds_other_weights(measured, capsys):
+    _saved_model(measured.source_checkpoint, seed=3)  # retrained, never re-measured
+    code, out, err = _check(measured, capsys)
+    assert code == 1 and "other than the recorded ones" in out and "push` refuses it" in out
+    assert f"tolerance {RETRAINED_TOLERANCE:g} points" in out and "weights_sha256" in out.splitlines()[-1]
+
+
+def test_check_options_are_checked(measured, capsys):
+    assert reproduce.main([str(measured.path), "--tolerance", "1"]) == 2
+    assert "only apply with --check" in capsys.readouterr().err
+    assert reproduce.main([str(measured.path), "--check", "--tolerance", "-1"]) == 2
+    assert "must be a number of points >= 0" in capsys.readouterr().err
+    unmeasured = load_hub_config(write_hub_config(dataclasses.replace(measured, metrics=None)))
+    assert reproduce.main([str(unmeasured.path), "--check", "--evaluate-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no metrics to check" in err
+
+
+def test_metric_differences_compares_every_recorded_number():
+    recorded = dict(score="mds", id_images=10, ood_images={"a": 10}, accuracy=0.9, threshold=-2.0,
+                    ood={"a": dict(auroc=0.8, fpr_at_95_tpr=0.4)})
+    same = metric_differences(recorded, json.loads(json.dumps(recorded)), 0.0)
+    assert [name for name, *_ in same] == ["score", "id_images", "ood_images", "accuracy", "ood.a.auroc",
+                                           "ood.a.fpr_at_95_tpr", "threshold"]
+    assert all(within for *_, within in same)
+    drifted = dict(recorded, id_images=11, accuracy=0.905, ood={"a": dict(auroc=0.8)}, threshold=-2.03)
+    verdict = {name: within for name, *_, within in metric_differences(recorded, drifted, 1.0)}
+    assert verdict == {"score": True, "id_images": False, "ood_images": True, "accuracy": True, "ood.a.auroc": True,
+                       "ood.a.fpr_at_95_tpr": False, "threshold": False}  # a missing number is a difference
+
+
+@pytest.mark.slow
+def test_check_retrains_the_recipe_into_its_own_folder_and_compares(shared_data, tmp_path, capsys):
+    # a tiny recipe on real data, recorded by `reproduce`, then retrained from scratch by `--check`
+    model = tmp_path / "model"
+    args = ["--model", "resnet10t_isomaxplus", "--from-scratch", "--dataset", str(shared_data / "mnist"),
+            "--img-size", "32", "--no-aug", "--epochs", "1", "--train-limit", "256", "--val-limit", "64",
+            "--batch-size", "64", "--lr", "0.05", "--ood-dataset", str(shared_data / "notmnist"), "--workers", "0",
+            "--no-progress", "--output", str(model)]
+    packaged = json.loads((ROOT / "hub_configs" / "resnet10t_isomaxplus.mnist.json").read_text())
+    packaged.update(source_checkpoint=str(model), finetune_args=args, metrics=None, published=None,
+                    dataset=dict(packaged["dataset"], path=str(shared_data / "mnist")),
+                    ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
+                    evaluation=dict(limit=200, batch_size=100))
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(packaged))
+    assert reproduce.main([str(path)]) == 0
+    capsys.readouterr()
+    before = path.read_bytes()
+    code = reproduce.main([str(path), "--check", "--check-dir", str(tmp_path / "again")])
+    out = capsys.readouterr().out
+    assert path.read_bytes() == before and (tmp_path / "again" / "model.safetensors").is_file()
+    assert "timm-isomax finetune" in out and str(tmp_path / "again") in out
+    # the same recipe on the same machine: the same weights bit for bit, so the tight tolerance applies
+    assert "the recorded ones, bit for bit" in out, out
+    assert code == 0, out

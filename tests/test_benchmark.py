@@ -248,3 +248,18 @@ def test_the_readme_results_table_is_the_report_of_the_committed_runs():
     spec.loader.exec_module(sync)
     readme = (results.parents[1] / "README.md").read_text()
     assert sync.synced(readme, committed) == readme  # run scripts/sync_readme.py after --report-only
+
+
+def test_the_headline_table_adds_dismax_only_on_the_seeds_it_compares():
+    def with_dismax(run, auroc):
+        row = dict(run["rows"][1], head="dismax", arch="m_dismax",
+                   metrics={"mmles": {ood: dict(m, auroc=auroc) for ood, m in run["rows"][1]["metrics"]["mds"].items()}})
+        protocol = dict(run["protocol"], heads=["softmax", "isomaxplus", "dismax"])
+        return dict(run, protocol=protocol, rows=run["rows"] + [row])
+    runs = [with_dismax(_fake_run(0, 0.9, 0.8), 0.95), _fake_run(1, 0.9, 0.8)]
+    far = next(line for line in headline_table(runs).splitlines() if "| far mean |" in line)
+    assert far.endswith("| not run | not run | 1 of 2 seeds | 1 of 2 seeds |")  # DisMax on seed 0 only
+    runs[1] = with_dismax(runs[1], 0.95)
+    far = next(line for line in headline_table(runs).splitlines() if "| far mean |" in line)
+    # far mean of DisMax: (0.95 + 0.95) / 2, bold as the row's best; MDS: (0.8 + 0.6) / 2
+    assert far.endswith("| 70.00 ± 0.00 | +5.00 | not run | not run | 90.00 ± 0.00 | **95.00 ± 0.00** |")

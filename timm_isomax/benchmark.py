@@ -477,15 +477,30 @@ def _start_line(entry: Dict) -> str:
     return f"{entry['id_dataset']}, {settings['model']} {how}"
 
 
+# The other isotropic heads beside IsoMax+ in the README's table, each read with the score it is designed for.
+_HEADLINE_COMPANIONS = (("isomax", "entropic"), ("dismax", "mmles"))
+
+
+def _companion_cells(entry: Optional[Dict], gap: str, column: str, top: float) -> str:
+    # accuracy and AUROC of one companion head (bold where it is the row's best), or why they are missing
+    if entry is None:
+        return f" | {gap} | {gap}"
+    auroc = entry["metrics"][column]["auroc"]
+    return f" | {_percent(entry['accuracy'])} | {_percent(auroc, auroc['mean'] == top)}"
+
+
 def headline_table(runs: Sequence[Dict]) -> str:
     """The README's results table from the runs (:func:`load_runs`): per protocol and OOD column (the group
     means where the protocol has groups, else each OOD set), SoftMax and IsoMax+ accuracy, the best SoftMax
     score's AUROC and IsoMax+'s MDS AUROC (mean ± std over the seeds that have both heads) and their
-    difference, and IsoMax's accuracy and entropic AUROC where it ran on the same seeds; the best AUROC bold."""
+    difference, then IsoMax's accuracy and entropic AUROC and DisMax's accuracy and MMLES AUROC where they ran
+    on the same seeds; the best AUROC bold."""
     paired = [run for run in runs if {"softmax", "isomaxplus"} <= {row["head"] for row in run["rows"]}]
     summary = summarize(paired) if paired else []
-    lines = ["| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best "
-             "| IsoMax acc | IsoMax entropic AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
+    companions = "".join(f" | {_HEAD_LABELS[head]} acc | {_HEAD_LABELS[head]} {_SCORE_LABELS[score]} AUROC"
+                         for head, score in _HEADLINE_COMPANIONS)
+    lines = [f"| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best"
+             f"{companions} |", "|---|---|---|---|---|---|---|---|" + "---|---|" * len(_HEADLINE_COMPANIONS)]
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         entries = {(e["head"], e["score"]): e for e in summary if e["protocol"] == name}
         softmax = [e for (head, _), e in entries.items() if head == "softmax"]
@@ -494,20 +509,19 @@ def headline_table(runs: Sequence[Dict]) -> str:
             continue
         columns = [c for c in mds["columns"] if c.endswith(" mean")] or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
-        entropic = entries.get(("isomax", "entropic"))
-        if entropic is not None and set(entropic["seeds"]) != set(mds["seeds"]):
-            entropic = None  # IsoMax on other seeds than the two compared: left out, not mixed in
+        # a head on other seeds than the two compared is left out (its seed count shown), not mixed in
+        others = [entries.get(pair) for pair in _HEADLINE_COMPANIONS]
+        pending = [f"{len(set(e['seeds']) & set(mds['seeds']))} of {seeds} seeds" if e else "not run" for e in others]
+        others = [e if e is not None and set(e["seeds"]) == set(mds["seeds"]) else None for e in others]
         for column in columns:
             best = max(softmax, key=lambda e: e["metrics"][column]["auroc"]["mean"])
             ours, theirs = mds["metrics"][column]["auroc"], best["metrics"][column]["auroc"]
-            first = entropic["metrics"][column]["auroc"] if entropic else None
-            top = max(ours["mean"], theirs["mean"], first["mean"] if first else 0.0)
-            isomax = (f"{_percent(entropic['accuracy'])} | {_percent(first, first['mean'] == top)}" if entropic
-                      else "not run | not run")
+            top = max([ours["mean"], theirs["mean"]] + [e["metrics"][column]["auroc"]["mean"] for e in others if e])
+            cells = "".join(_companion_cells(e, gap, column, top) for e, gap in zip(others, pending))
             lines.append(f"| {_start_line(mds)} | {seeds} | {column} | {_percent(softmax[0]['accuracy'])} | "
                          f"{_percent(mds['accuracy'])} | {_percent(theirs, theirs['mean'] == top)} "
                          f"({_SCORE_LABELS[best['score']]}) | {_percent(ours, ours['mean'] == top)} | "
-                         f"{100 * (ours['mean'] - theirs['mean']):+.2f} | {isomax} |")
+                         f"{100 * (ours['mean'] - theirs['mean']):+.2f}{cells} |")
     return "\n".join(lines)
 
 

@@ -140,7 +140,10 @@ def test_protocol_files_load_and_shrink(shared_data):
     for path in sorted(PROTOCOLS.glob("*.json")):
         protocol = load_protocol(path)
         assert protocol.name == path.stem and len(protocol.seeds) >= (5 if protocol.train.get("freeze_backbone") else 3)
-        assert protocol.heads == ("softmax", "isomax", "isomaxplus")
+        assert protocol.heads == ("softmax", "isomax", "isomaxplus", "dismax")
+        # DisMax trains with its fractional probability regularisation wherever images are trained
+        frozen = protocol.train.get("freeze_backbone")
+        assert protocol.head_settings == ({} if frozen else {"dismax": {"dismax_fpr": True}})
         smoke = smoke_version(protocol)
         assert smoke.seeds == protocol.seeds[:1] and smoke.train["epochs"] < protocol.train["epochs"]
         assert smoke.train["train_limit"] <= 2000 and smoke.train["model"] == protocol.train["model"]

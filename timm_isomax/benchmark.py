@@ -296,19 +296,20 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
     import timm
 
     from .data import class_count, dataset_for_model, find_columns, load_image_dataset
-    from .train.start_model import data_config_overrides
+    from .train.start_model import data_config_overrides, model_kwargs
 
     arch = {row["head"]: row["arch"] for row in run["rows"]}
-    models = {}
+    models, num_classes = {}, None
     for head, cfg in configs.items():
         if (Path(cfg.output) / "config.json").is_file():
             models[head] = timm.create_model(f"local-dir:{cfg.output}", pretrained=True)
         else:
             # the run folder is gone (trained in an earlier session, its outputs/ not kept): inference speed
             # depends on the architecture, not on the weights, so an untrained model of it is timed
-            test_rows = load_image_dataset(cfg.dataset, split=protocol.test_split)
-            models[head] = timm.create_model(arch[head], num_classes=class_count(test_rows, find_columns(test_rows)[1]),
-                                             **({"in_chans": cfg.in_chans} if cfg.in_chans else {}))
+            if num_classes is None:  # every head of the protocol trains on the same ID dataset
+                test_rows = load_image_dataset(cfg.dataset, split=protocol.test_split)
+                num_classes = class_count(test_rows, find_columns(test_rows)[1])
+            models[head] = timm.create_model(arch[head], num_classes=num_classes, **model_kwargs(cfg))
     first = next(iter(models.values()))
     test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256,
                              data_config=data_config_overrides(configs[protocol.heads[0]], first))
@@ -497,10 +498,10 @@ def headline_table(runs: Sequence[Dict]) -> str:
     on the same seeds; the best AUROC bold."""
     paired = [run for run in runs if {"softmax", "isomaxplus"} <= {row["head"] for row in run["rows"]}]
     summary = summarize(paired) if paired else []
-    companions = "".join(f" | {_HEAD_LABELS[head]} acc | {_HEAD_LABELS[head]} {_SCORE_LABELS[score]} AUROC"
+    companion_titles = "".join(f" | {_HEAD_LABELS[head]} acc | {_HEAD_LABELS[head]} {_SCORE_LABELS[score]} AUROC"
                          for head, score in _HEADLINE_COMPANIONS)
     lines = [f"| protocol | seeds | OOD | SoftMax acc | IsoMax+ acc | best SoftMax AUROC | IsoMax+ MDS AUROC | MDS - best"
-             f"{companions} |", "|---|---|---|---|---|---|---|---|" + "---|---|" * len(_HEADLINE_COMPANIONS)]
+             f"{companion_titles} |", "|---|---|---|---|---|---|---|---|" + "---|---|" * len(_HEADLINE_COMPANIONS)]
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         entries = {(e["head"], e["score"]): e for e in summary if e["protocol"] == name}
         softmax = [e for (head, _), e in entries.items() if head == "softmax"]
@@ -509,15 +510,22 @@ def headline_table(runs: Sequence[Dict]) -> str:
             continue
         columns = [c for c in mds["columns"] if c.endswith(" mean")] or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
-        # a head on other seeds than the two compared is left out (its seed count shown), not mixed in
-        others = [entries.get(pair) for pair in _HEADLINE_COMPANIONS]
-        pending = [f"{len(set(e['seeds']) & set(mds['seeds']))} of {seeds} seeds" if e else "not run" for e in others]
-        others = [e if e is not None and set(e["seeds"]) == set(mds["seeds"]) else None for e in others]
+        # (entry, why it is missing): a head on other seeds than the two compared is left out, its seed count
+        # shown, not mixed in
+        companions = []
+        for entry in (entries.get(pair) for pair in _HEADLINE_COMPANIONS):
+            if entry is None:
+                companions.append((None, "not run"))
+            elif set(entry["seeds"]) != set(mds["seeds"]):
+                companions.append((None, f"{len(set(entry['seeds']) & set(mds['seeds']))} of {seeds} seeds"))
+            else:
+                companions.append((entry, ""))
         for column in columns:
             best = max(softmax, key=lambda e: e["metrics"][column]["auroc"]["mean"])
             ours, theirs = mds["metrics"][column]["auroc"], best["metrics"][column]["auroc"]
-            top = max([ours["mean"], theirs["mean"]] + [e["metrics"][column]["auroc"]["mean"] for e in others if e])
-            cells = "".join(_companion_cells(e, gap, column, top) for e, gap in zip(others, pending))
+            top = max([ours["mean"], theirs["mean"]]
+                      + [e["metrics"][column]["auroc"]["mean"] for e, _ in companions if e is not None])
+            cells = "".join(_companion_cells(e, gap, column, top) for e, gap in companions)
             lines.append(f"| {_start_line(mds)} | {seeds} | {column} | {_percent(softmax[0]['accuracy'])} | "
                          f"{_percent(mds['accuracy'])} | {_percent(theirs, theirs['mean'] == top)} "
                          f"({_SCORE_LABELS[best['score']]}) | {_percent(ours, ours['mean'] == top)} | "

@@ -598,8 +598,9 @@ def sample_rows(dataset: datasets.Dataset, count: Optional[int], seed: int = 0, 
     Example:
         >>> sample_rows(mnist_train, 1000, seed=0, label_column="label")  # 100 images of each digit
     """
-    if subset_problem(how):
-        raise ValueError(subset_problem(how))
+    problem = subset_problem(how)
+    if problem:
+        raise ValueError(problem)
     if count is None or count >= len(dataset):
         return dataset
     if how == "first":

@@ -7,6 +7,7 @@ import sys
 import pytest
 import timm
 
+from timm_isomax.cli import convert
 from timm_isomax.provenance import recorded_provenance, weights_sha256
 
 from .test_finetune import REPO
@@ -14,17 +15,34 @@ from .test_finetune import REPO
 CLI = [sys.executable, "-m", "timm_isomax"]
 
 
+def _top1(stdout: str, model: str) -> float:
+    # the "  <model> (...)  top-1 NN.NN%" lines convert prints for the source and its conversion
+    line = next(line for line in stdout.splitlines() if line.strip().startswith(model) and "top-1" in line)
+    return float(line.split("top-1")[1].strip().rstrip("%"))
+
+
 @pytest.mark.slow
-def test_convert_evaluates_the_source_beside_its_conversion_and_saves_it(shared_data, tmp_path):
+@pytest.mark.parametrize("head", ["isomaxplus", "dismax"])
+def test_convert_evaluates_the_source_beside_its_conversion_and_saves_it(head, shared_data, tmp_path):
     result = subprocess.run([*CLI, "convert", "--model", "cifar_resnet20", "--key-map", "akamaster-cifar-resnet",
                              "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
                              "--dataset", str(shared_data / "cifar10"), "--ood-dataset", str(shared_data / "notmnist"),
-                             "--limit", "300", "--workers", "0", "--output", str(tmp_path / "converted")],
+                             "--limit", "300", "--workers", "0", "--head", head, "--output", str(tmp_path / "converted")],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "zero-shot" in result.stdout and "notmnist" in result.stdout
+    assert f"cifar_resnet20_{head} (zero-shot)" in result.stdout and "notmnist" in result.stdout
+    # the conversion is the source's cosine classifier; the akamaster ResNet's bias and row norms are near
+    # uniform, so it keeps the source's accuracy within a few images of 300
+    source, converted = _top1(result.stdout, "cifar_resnet20 (SoftMax)"), _top1(result.stdout, f"cifar_resnet20_{head}")
+    assert source > 70 and abs(source - converted) < 3, (source, converted)
     model = timm.create_model(f"local-dir:{tmp_path / 'converted'}", pretrained=True)
-    assert model.pretrained_cfg["architecture"] == "cifar_resnet20_isomaxplus" and model.num_classes == 10
+    assert model.pretrained_cfg["architecture"] == f"cifar_resnet20_{head}" and model.num_classes == 10
+
+
+def test_convert_refuses_isomax_with_the_reason(capsys):
+    assert convert.main(["--model", "resnet18", "--dataset", "d", "--head", "isomax"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "depend on the feature norms" in error and "finetune --head isomax" in error
 
 
 @pytest.mark.slow

@@ -194,6 +194,22 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
     assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
 
 
+def test_a_dismax_hub_config_gets_a_dismax_card_and_other_suffixes_are_refused(saved, tmp_path):
+    config = _test_config(saved[1], tmp_path)
+    path = tmp_path / "dismax.json"
+    path.write_text(json.dumps({**config.to_json(), "architecture": "resnet10t_dismax", "repo_id": "test-org/d"}))
+    dismax = load_hub_config(path)
+    card = render_model_card(dismax)
+    assert dismax.head_type == "dismax" and "- dismax" in card.split("---\n")[1].splitlines()
+    assert "Head: DisMax;" in card and "mean distance" in card and "2205.05874" in card
+    assert "Head: IsoMax+;" in render_model_card(config) and "2205.05874" not in render_model_card(config)
+    for wrong in ("resnet10t", "resnet10t_dismax.tag"):
+        path.write_text(json.dumps({**config.to_json(), "architecture": wrong}))
+        with pytest.raises(ValueError, match="architecture must be an IsoMax name '<arch>_isomaxplus' or") as error:
+            load_hub_config(path)
+        assert "\n" not in str(error.value)
+
+
 def _expected_index(config):
     # what the card must say, straight from the hub config's measured numbers (%, 2 decimals)
     metrics = config.metrics

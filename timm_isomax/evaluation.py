@@ -272,11 +272,11 @@ def evaluate_models(model_names: Sequence[str], id_set: EvalSet, ood_sets: Seque
 
 
 def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet], name: str,
-                        **kwargs: Any) -> Tuple[ModelEvaluation, ModelEvaluation, nn.Module]:
-    """Evaluate a SoftMax model, convert a copy of it to IsoMax+ with no training
+                        head_type: str = "isomaxplus", **kwargs: Any) -> Tuple[ModelEvaluation, ModelEvaluation, nn.Module]:
+    """Evaluate a SoftMax model, convert a copy of it to IsoMax+ (or DisMax, ``head_type``) with no training
     (:func:`timm_isomax.convert_softmax_model`) and evaluate that on the same data.
 
-    Returns the two evaluations (named ``"<name> (SoftMax)"`` and ``"<name>_isomaxplus (zero-shot)"``) and the
+    Returns the two evaluations (named ``"<name> (SoftMax)"`` and ``"<name>_<head_type> (zero-shot)"``) and the
     converted model (its ``conversion`` report says how the prototypes were made).
 
     Example:
@@ -287,8 +287,8 @@ def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[
 
     softmax.eval()
     source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **kwargs)
-    converted_model = convert_softmax_model(softmax).eval()
-    converted = evaluate_model(converted_model, id_set, ood_sets, name=f"{name}_isomaxplus (zero-shot)", **kwargs)
+    converted_model = convert_softmax_model(softmax, head_type=head_type).eval()
+    converted = evaluate_model(converted_model, id_set, ood_sets, name=f"{name}_{head_type} (zero-shot)", **kwargs)
     return source, converted, converted_model
 
 

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from . import _timm_compat
-from .model import IsoMaxClassifier, ood_config_problem
+from .model import HEAD_TITLES, IsoMaxClassifier, ood_config_problem
 from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
 if TYPE_CHECKING:  # hub_config imports this module
@@ -412,6 +412,24 @@ _CITATIONS = """```bibtex
   year    = {2021}
 }
 ```"""
+# the third paper, cited on the cards of DisMax models
+_DISMAX_CITATION = """```bibtex
+@article{macedo2022distinction,
+  title   = {Distinction Maximization Loss: Efficiently Improving Out-of-Distribution Detection and Uncertainty
+             Estimation by Replacing the Loss and Calibrating},
+  author  = {Macedo, David and Zanchettin, Cleber and Ludermir, Teresa},
+  journal = {arXiv preprint arXiv:2205.05874},
+  year    = {2022}
+}
+```"""
+# what the card says a head's logits are (the OOD score comes from the same forward pass)
+_HEAD_DESCRIPTIONS = {
+    "isomaxplus": "its logits are negative distances between unit features and unit class prototypes, scaled by a "
+                  "learned distance scale",
+    "isomax": "its logits are negative Euclidean distances between the features and class prototypes",
+    "dismax": "its logits are negative distances between unit features and unit class prototypes plus each image's "
+              "mean distance to all prototypes, scaled by a learned distance scale",
+}
 
 
 def _percent(value: Optional[float]) -> str:
@@ -490,9 +508,9 @@ def render_model_card(config: "HubConfig") -> str:
     metrics = config.metrics or {}
     lines = ["---", _card_front_matter(config), "---", "",
              f"# {config.name}", "", config.description or f"{config.architecture} trained on {config.dataset['name']}.",
-             "", f"An {'IsoMax+' if config.head_type == 'isomaxplus' else 'IsoMax'} classifier: its logits are negative "
-             "distances to class prototypes, so the same forward pass gives the class and an out-of-distribution "
-             "(OOD) score, with no extra training or post-processing.", "",
+             "", f"Head: {HEAD_TITLES[config.head_type]}; {_HEAD_DESCRIPTIONS[config.head_type]}, so the same "
+             "forward pass gives the class and an out-of-distribution (OOD) score, with no extra training or "
+             "post-processing.", "",
              "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
              "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (needed)", "",
              f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
@@ -521,7 +539,7 @@ def render_model_card(config: "HubConfig") -> str:
         lines += [f"Measured with `{metrics.get('command')}`.", ""]
     lines += ["## Training", "", "Reproduce (from a checkout of timm-isomax, the data under `../shared/data`):", "",
               "```bash", "timm-isomax finetune " + " ".join(config.finetune_args), "```", "",
-              "## Citation", "", _CITATIONS, ""]
+              "## Citation", "", _CITATIONS, *([_DISMAX_CITATION] if config.head_type == "dismax" else []), ""]
     return "\n".join(lines)
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .hub import _atomic_write
+from .model import HEAD_TYPES, head_type_of_name
 
 __all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "metric_differences",
            "HUB_CONFIG_PACKAGE", "SAME_WEIGHTS_TOLERANCE", "RETRAINED_TOLERANCE"]
 
 HUB_CONFIG_PACKAGE = "timm_isomax.hub_configs"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_HEAD_SUFFIXES = ("_isomaxplus", "_isomax")
 
 
 @dataclass
@@ -79,7 +79,8 @@ class HubConfig:
 
     @property
     def head_type(self) -> str:
-        return "isomaxplus" if self.architecture.endswith("_isomaxplus") else "isomax"
+        """``isomaxplus``, ``isomax`` or ``dismax``: the suffix of :attr:`architecture`."""
+        return head_type_of_name(self.architecture)
 
     def to_json(self) -> Dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
@@ -102,8 +103,9 @@ def _validate(data: Any, where: str) -> HubConfig:
     for key in ("repo_id", "architecture", "tag", "source_checkpoint", "license"):
         _require(isinstance(data[key], str) and data[key], where, f"{key!r} must be a non-empty string")
     _require(bool(_REPO_ID.match(data["repo_id"])), where, f"repo_id must be 'ORG/NAME', got {data['repo_id']!r}")
-    _require(data["architecture"].endswith(_HEAD_SUFFIXES), where,
-             f"architecture must be an IsoMax name '<arch>_isomaxplus' or '<arch>_isomax', got {data['architecture']!r}")
+    _require(head_type_of_name(data["architecture"]) is not None and "." not in data["architecture"], where,
+             f"architecture must be an IsoMax name {' or '.join(repr('<arch>_' + k) for k in HEAD_TYPES)}, "
+             f"got {data['architecture']!r}")
     _require("." not in data["tag"], where, f"tag must not contain '.', got {data['tag']!r}")
     for key in ("name", "path", "train_split", "eval_split"):
         _require(isinstance(data["dataset"], dict) and isinstance(data["dataset"].get(key), str), where,

@@ -17,19 +17,36 @@ from torch import nn
 from . import _timm_compat
 from .heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
-__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "isomax_layer_names", "ood_config_problem"]
+__all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "HEAD_TITLES", "head_type_of_name",
+           "isomax_layer_names", "ood_config_problem"]
 
 # Every head kind, by the suffix of its registered names (<arch>_<kind>); the registry, the trainer and the
 # conversion read their lists of kinds from here.
 HEAD_TYPES: Dict[str, type] = {"isomaxplus": IsoMaxPlusHead, "isomax": IsoMaxHead, "dismax": DisMaxHead}
 # The OOD score each head is designed for (the papers' choice).
 DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic", "dismax": "mmles"}
+# How the papers write each head's name (cards, tables).
+HEAD_TITLES: Dict[str, str] = {"isomaxplus": "IsoMax+", "isomax": "IsoMax", "dismax": "DisMax"}
 
 BACKBONE_PREFIX = "backbone."
 OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on")
 
 # A '^' anchor: not escaped and not the negation inside a character class.
 _ANCHOR = re.compile(r"(?<![\\\[])\^")
+
+
+def head_type_of_name(model_name: str) -> Optional[str]:
+    """The head kind an IsoMax model name ``<arch>_<kind>[.tag]`` ends with, or None for any other name.
+
+    Read from the name alone (nothing needs to be registered yet), so configs can be checked before timm
+    knows the architecture; :func:`timm_isomax.registry.base_architecture` is the registry's answer.
+
+    Example:
+        >>> head_type_of_name("resnet50_dismax.in1k"), head_type_of_name("resnet50")
+        ('dismax', None)
+    """
+    arch = model_name.split(".", 1)[0]
+    return next((kind for kind in HEAD_TYPES if arch.endswith("_" + kind)), None)
 
 
 def _is_number(value: Any) -> bool:

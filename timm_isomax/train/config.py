@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
 from ..fpr import fpr_batch_problem
-from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES
+from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
 from ..scores import SCORES
 
 __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
@@ -196,12 +196,9 @@ class TrainConfig:
             >>> TrainConfig(model="resnet10t_dismax", dataset="d", output="o").effective_head
             'dismax'
         """
-        if ":" not in self.model:  # hf-hub: / local-dir: models carry their head in their own config
-            arch = self.model.split(".", 1)[0]
-            named = [kind for kind in HEAD_TYPES if arch.endswith("_" + kind)]
-            if named:
-                return named[0]
-        return self.head
+        # hf-hub: / local-dir: models carry their head in their own config
+        named = None if ":" in self.model else head_type_of_name(self.model)
+        return named or self.head
 
     @property
     def ood_score(self) -> str:

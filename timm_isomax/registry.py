@@ -89,10 +89,12 @@ def _mirror_pretrained_cfg(cfg: PretrainedCfg) -> PretrainedCfg:
     return dataclasses.replace(cfg, **isomax_layer_names(cfg.first_conv))
 
 
-def _mirrored_default_cfg(base_arch: str) -> DefaultCfg:
+def _mirrored_default_cfg(base_cfgs: Dict[str, PretrainedCfg]) -> DefaultCfg:
+    # base_cfgs: get_arch_pretrained_cfgs(base_arch), a deep copy timm makes per call (the bulk of
+    # `import timm_isomax`), so it is read once per architecture; each variant's cfgs are new objects
     tags: List[str] = []
     cfgs: Dict[str, PretrainedCfg] = {}
-    for name, cfg in get_arch_pretrained_cfgs(base_arch).items():
+    for name, cfg in base_cfgs.items():
         tag = timm.models.split_model_name_tag(name)[1]
         tags.append(tag)
         cfgs[tag] = _mirror_pretrained_cfg(cfg)
@@ -179,7 +181,7 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
             f"{base_arch!r} has no classifier and no pre-logits (an encoder-only or IsoMax architecture), "
             f"so it cannot carry an IsoMax head."
         )
-    names = []
+    names, base_cfgs = [], None
     for head_type in head_types:
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head type must be one of {sorted(HEAD_TYPES)}, got {head_type!r}.")
@@ -187,7 +189,9 @@ def register_isomax_variants(base_arch: str, head_types: Iterable[str] = tuple(H
         names.append(name)
         if name in _VARIANTS:
             continue
-        default_cfg = _mirrored_default_cfg(base_arch)
+        if base_cfgs is None:
+            base_cfgs = get_arch_pretrained_cfgs(base_arch)
+        default_cfg = _mirrored_default_cfg(base_cfgs)
         for config in _hub_configs_by_arch().get(name, ()):
             _add_hub_tag(config, base_arch, default_cfg)
         isomax_models.default_cfgs[name] = default_cfg

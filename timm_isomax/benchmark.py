@@ -42,14 +42,14 @@ from torch import nn
 
 from .engine import interleaved_medians
 from .metrics import METRIC_NAMES
+from .model import HEAD_TITLES
 from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
            "markdown_table", "headline_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
-_HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", "isomax": "IsoMax", "isomaxplus": "IsoMax+",
-                "dismax": "DisMax"}
+_HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
                  "mmls": "MMLS", "mmles": "MMLES"}
 # How each (head, score) pair is named in tables and plots.

@@ -3,7 +3,7 @@
 # installing the project with its test, demo, plots, benchmark and transformers extras first when needed, at the versions of
 # constraints.txt. Re-installs only when pyproject.toml or constraints.txt changed since the last install.
 #   bash scripts/in_venv.sh timm-isomax finetune
-#   bash scripts/in_venv.sh python -m pytest -q
+#   bash scripts/in_venv.sh python -m pytest -q -n 2 --dist loadfile
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"

@@ -3,6 +3,13 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker (and per subprocess a test starts, which inherits the environment):
+    # `-n 2` on 2 cores with torch's default of one thread per core would oversubscribe them, and spinning
+    # OpenMP threads make that far slower than the sum of its parts. Set before any test module imports torch.
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
+
 SHARED_DATA = Path(os.environ.get("TIMM_ISOMAX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

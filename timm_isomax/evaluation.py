@@ -123,10 +123,13 @@ def load_model(name: str, pretrained: bool = True) -> nn.Module:
 
 
 def default_score_names(model: nn.Module) -> List[str]:
-    """The model's own OOD score for IsoMax models (``model.ood_config["score"]``), else the SoftMax
-    baselines (MSP, max logit, energy, entropy)."""
+    """Every score the trainer reports for the model's head (:data:`timm_isomax.train.HEAD_SCORES`), the
+    model's own first for IsoMax models (``model.ood_config["score"]``, the one its threshold uses); for
+    SoftMax models the baselines (MSP, max logit, energy, entropy). All of them, because which score suits
+    which head is an open question the benchmark measures (docs/benchmarks.md), not one to hide here."""
     if isinstance(model, IsoMaxClassifier):
-        return [model.ood_config["score"]]
+        own = model.ood_config["score"]
+        return [own, *(score for score in HEAD_SCORES[model.head_type] if score != own)]
     return list(HEAD_SCORES["softmax"])
 
 

@@ -3,8 +3,8 @@
 Loads the SoftMax model (a timm name with pretrained weights, or an architecture plus --checkpoint and a
 --key-map), evaluates it, converts it (timm_isomax.convert_softmax_model: prototypes = the classifier's
 rows, i.e. the source's cosine classifier), evaluates the result on the same data, and prints both:
-accuracy and, given --ood-dataset, the OOD metrics of the SoftMax scores and of the new head's own score
-(MDS for IsoMax+, MMLES for DisMax).
+accuracy and, given --ood-dataset, the OOD metrics of the SoftMax scores and of every score of the new
+head, its own first (MDS for IsoMax+, MMLES for DisMax).
 --head dismax converts to DisMax the same way. IsoMax (unit-free distances) has no faithful zero-shot
 conversion: fine-tune it instead (timm-isomax finetune --head isomax).
 

@@ -10,8 +10,9 @@ results.csv and, per OOD set, hist_<set>.png (ID-vs-OOD score histograms) and ro
         --ood-dataset ../shared/data/notmnist --limit 2000 --output out/ood_eval
 
 --model takes any name timm.create_model takes (local-dir:DIR, hf-hub:ORG/NAME, resnet50_isomaxplus.tag)
-or a model folder written by timm_isomax.hub.save_pretrained. Default scores: the model's own
-(ood_config["score"]) for IsoMax models, msp, max_logit, energy and entropic for SoftMax models.
+or a model folder written by timm_isomax.hub.save_pretrained. Default scores: every score of the
+model's head, its own (ood_config["score"]) first for IsoMax models (IsoMax+: mds, entropic, energy, msp;
+DisMax: mmles, mmls, max_logit, ...); msp, max_logit, energy and entropic for SoftMax models.
 """
 import argparse
 import sys

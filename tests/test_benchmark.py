@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import timm_isomax  # noqa: F401
-from timm_isomax.benchmark import (headline_table, load_protocol, load_runs, markdown_table, missing_inputs,
+from timm_isomax.benchmark import (fill_result_tables, headline_table, load_protocol, load_runs, markdown_table, missing_inputs,
                                    run_protocol, smoke_version, summarize)
 from timm_isomax.metrics import METRIC_NAMES
 
@@ -242,17 +242,32 @@ def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkey
     assert "\n" not in str(error.value)
 
 
-def test_the_readme_results_table_is_the_report_of_the_committed_runs():
+def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():
     import importlib.util
 
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    committed = (results / "headline.md").read_text()
-    assert headline_table(load_runs(results)) + "\n" == committed  # rerun --report-only after new runs
-    spec = importlib.util.spec_from_file_location("sync_readme", results.parents[1] / "scripts" / "sync_readme.py")
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks" / "results"
+    assert headline_table(load_runs(results)) + "\n" == (results / "headline.md").read_text()  # rerun --report-only
+    spec = importlib.util.spec_from_file_location("sync_docs", root / "scripts" / "sync_docs.py")
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)
-    readme = (results.parents[1] / "README.md").read_text()
-    assert sync.synced(readme, committed) == readme  # run scripts/sync_readme.py after --report-only
+    tables = sync.tables()
+    quoted = {}
+    for path in sync.documents():
+        text = path.read_text()
+        quoted[path.name] = text.count("<!-- results: ") // 2
+        assert fill_result_tables(text, tables, str(path)) == text, f"run scripts/sync_docs.py: {path.name} is stale"
+    assert quoted["README.md"] == 1 and quoted["benchmarks.md"] >= 7  # the headline; the protocols' tables
+
+
+def test_quoted_tables_are_replaced_and_bad_markers_refused():
+    text = "intro\n<!-- results: a -->\nold\n<!-- results: end -->\nmiddle\n<!-- results: b -->\n<!-- results: end -->\n"
+    assert fill_result_tables(text, {"a": "| new |\n", "b": "B"}) == (
+        "intro\n<!-- results: a -->\n| new |\n<!-- results: end -->\nmiddle\n<!-- results: b -->\nB\n<!-- results: end -->\n")
+    with pytest.raises(ValueError, match="quotes c, which the runs have no table for"):
+        fill_result_tables("<!-- results: c -->\n<!-- results: end -->", {"a": ""}, "x.md")
+    with pytest.raises(ValueError, match="without its"):
+        fill_result_tables("<!-- results: a -->\nno end", {"a": ""}, "x.md")
 
 
 def test_the_headline_table_adds_dismax_only_on_the_seeds_it_compares():

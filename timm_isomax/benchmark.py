@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, 
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
-           "markdown_table", "headline_table", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
+           "markdown_table", "headline_table", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
@@ -352,9 +353,11 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
             log(f"{protocol.name} seed {seed}: training {head} into {cfg.output}")
             train(dataclasses.replace(cfg, device=str(device)))
             row = _row(cfg)
-            row["wall_seconds"] = time.perf_counter() - start
+            # a seed file gathers runs of several sessions (a head added later), on whatever CPU each had: each
+            # row names its own; the run's ``hardware`` is the latest, where the heads' throughput is timed
+            row.update(wall_seconds=time.perf_counter() - start, hardware=hardware_description(device))
             run["rows"].append(row)
-            run.update(hardware=hardware_description(device), id_dataset=protocol.id_dataset,
+            run.update(hardware=row["hardware"], id_dataset=protocol.id_dataset,
                        ood_datasets=list(protocol.ood_datasets))
             _write(path, run)
             log(f"{protocol.name} seed {seed} {head}: accuracy {100 * row['accuracy']:.2f}% "
@@ -401,7 +404,7 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
     Each entry: ``protocol``, ``head``, ``score``, ``label``, ``seeds``, ``accuracy``, ``throughput``
     (inference img/s), ``throughput_ratio`` (over the SoftMax model's, measured side by side in each seed's
     run), ``metrics[ood][metric]`` (also ``"<group> mean"`` for the protocol's OOD groups), plus the
-    protocol's hardware and training seconds. Every statistic is ``{"mean", "std", "n"}``. Heads are
+    head's training seconds and ``hardware`` (the machines its runs trained on, sorted). Every statistic is ``{"mean", "std", "n"}``. Heads are
     summarised over the seeds that have them.
     """
     by_protocol: Dict[str, List[Dict]] = {}
@@ -432,7 +435,7 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     seeds=[run["seed"] for run, _ in pairs], id_dataset=definition["id_dataset"],
                     ood_datasets=oods, columns=columns, train=definition["train"],
                     head_settings=definition.get("head_settings", {}),
-                    hardware=pairs[0][0].get("hardware", ""),
+                    hardware=sorted({row.get("hardware") or run.get("hardware", "") for run, row in pairs}),
                     seconds=sum(row.get("train_seconds", 0.0) for row in rows),
                     wall_seconds=sum(row.get("wall_seconds", 0.0) for row in rows),
                     accuracy=_mean_std([row["accuracy"] for row in rows]),
@@ -465,6 +468,17 @@ def _recipe_line(entry: Dict) -> str:
     parts += [f"{_HEAD_LABELS.get(head, head)} with " + ", ".join(f"{key}={value}" for key, value in extra.items())
               for head, extra in entry.get("head_settings", {}).items() if extra]
     return ", ".join(p for p in parts if p)
+
+
+def _hardware_line(entries: Sequence[Dict]) -> str:
+    # where the heads trained: one machine, or each machine with the heads that ran on it
+    heads_by_machine: Dict[str, List[str]] = {}
+    for entry in entries:
+        for machine in entry["hardware"]:
+            heads_by_machine.setdefault(machine, []).append(_HEAD_LABELS.get(entry["head"], entry["head"]))
+    if len(heads_by_machine) == 1:
+        return next(iter(heads_by_machine))
+    return "; ".join(f"{machine} ({', '.join(heads)})" for machine, heads in heads_by_machine.items())
 
 
 def _start_line(entry: Dict) -> str:
@@ -561,7 +575,37 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),
         per_head = {e["head"]: e for e in entries}.values()  # one entry per head
         seconds, wall = sum(e["seconds"] for e in per_head), sum(e.get("wall_seconds", 0.0) for e in per_head)
         lines.append(f"\n{name}: ID {first['id_dataset']}; {_recipe_line(first)}; seeds {', '.join(map(str, seeds))}; "
-                     f"{first['hardware']}; {seconds / 60:.0f} min of training epochs, {wall / 60:.0f} min of runs "
+                     f"{_hardware_line(per_head)}; {seconds / 60:.0f} min of training epochs, {wall / 60:.0f} min of runs "
                      f"(start model, features, evaluation included) in all.")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def result_tables(runs: Sequence[Dict]) -> Dict[str, str]:
+    """The tables a document may quote, by name, made from the runs (:func:`load_runs`): ``"headline"``
+    (:func:`headline_table`) and, per protocol, its AUROC table with its recipe line (:func:`markdown_table`)."""
+    summary = summarize(runs)
+    tables = {"headline": headline_table(runs)}
+    for name in dict.fromkeys(entry["protocol"] for entry in summary):
+        tables[name] = markdown_table(summary, protocol=name)
+    return tables
+
+
+# A quoted table in a Markdown document: "<!-- results: NAME -->", the table, "<!-- results: end -->".
+_QUOTED_TABLE = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<table>.*?)(<!-- results: end -->)", re.S)
+
+
+def fill_result_tables(text: str, tables: Mapping[str, str], where: str = "the document") -> str:
+    """``text`` with every quoted table replaced by ``tables[name]``, so that a document's numbers can only
+    come from the runs (``scripts/sync_docs.py`` writes them, a test checks them).
+
+    Example:
+        >>> fill_result_tables(readme, result_tables(load_runs("benchmarks/results")))
+    """
+    unknown = sorted({m["name"] for m in _QUOTED_TABLE.finditer(text)} - set(tables))
+    if unknown:
+        raise ValueError(f"{where} quotes {', '.join(unknown)}, which the runs have no table for; "
+                         f"the names are 'headline' and the protocols with runs ({', '.join(sorted(tables))}).")
+    if text.count("<!-- results: ") != 2 * len(_QUOTED_TABLE.findall(text)):
+        raise ValueError(f"{where} has a '<!-- results: NAME -->' marker without its '<!-- results: end -->'.")
+    return _QUOTED_TABLE.sub(lambda m: f"{m[1]}{tables[m['name']].strip()}\n{m[4]}", text)

@@ -28,7 +28,7 @@ from timm_isomax.plots import plot_benchmark
 
 # the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)
 PROTOCOLS = Path(str(importlib.resources.files("timm_isomax.protocols")))
-# the README's results table, regenerated with the other reports (scripts/sync_readme.py copies it in)
+# the README's results table, regenerated with the other reports (scripts/sync_docs.py copies it in)
 HEADLINE_NAME = "headline.md"
 # paths relative to where it runs (the repository root, next to ../shared)
 DEFAULT_DATA_ROOT = os.environ.get("TIMM_ISOMAX_SHARED_DATA", str(Path("..") / "shared" / "data"))

@@ -136,6 +136,18 @@ def test_summarize_takes_mean_and_sample_std_over_seeds_and_group_means():
     assert "**50.00 ± 0.00**" in lower_is_better
 
 
+def test_each_row_names_the_machine_it_trained_on():
+    # a head added to finished seeds in a later session trains elsewhere: the report says which heads ran where
+    runs = [_fake_run(seed, 0.9, 0.8) for seed in (0, 1)]
+    for run in runs:
+        run["hardware"] = "cpu B"  # the file's field: the latest writer's machine
+        run["rows"][0]["hardware"] = "cpu A"
+    summary = summarize(runs)
+    assert [entry["hardware"] for entry in summary] == [["cpu A"], ["cpu B"]]  # a row without its own: the file's
+    assert "; cpu A (SoftMax); cpu B (IsoMax+); " in markdown_table(summary)
+    assert "; cpu; " in markdown_table(summarize([_fake_run(0, 0.9, 0.8)]))  # one machine: named once
+
+
 def test_protocol_files_load_and_shrink(shared_data):
     for path in sorted(PROTOCOLS.glob("*.json")):
         protocol = load_protocol(path)

@@ -192,6 +192,7 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
     assert "import timm_isomax" in body and "registers" in body
     assert "Entropic Out-of-Distribution Detection" in body and "2105.14399" in body
     assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
+    assert "print(p.label, p.score, p.is_ood)" in body  # a threshold is recorded: the snippet flags OOD images
 
 
 def test_a_dismax_hub_config_gets_a_dismax_card_and_other_suffixes_are_refused(saved, tmp_path):
@@ -259,6 +260,8 @@ def test_an_unmeasured_card_has_no_model_index_and_a_broken_one_is_caught(saved,
     config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
     card = render_model_card(config)
     assert "model-index" not in card and _card_metadata_errors(card) == []
+    # no threshold recorded: the snippet prints scores, not is_ood (which would raise "no OOD threshold")
+    assert "p.is_ood" not in card and "timm_isomax.ood_scores(model, [image])" in card and "fit_ood_threshold" in card
     # the check can fail: a metric without a value, as a hand-edited card might have it
     broken = render_model_card(_test_config(saved[1], tmp_path)).replace("value: 90.0", "value: null", 1)
     assert "value: null" in broken

@@ -496,6 +496,16 @@ def _card_front_matter(config: "HubConfig") -> str:
     return data.to_yaml()
 
 
+def _snippet_prediction(has_threshold: bool) -> List[str]:
+    # is_ood needs the deployment threshold in config.json; a card of weights without one must not print a
+    # snippet that raises "no OOD threshold" for everyone who copies it
+    if has_threshold:
+        return ["for p in timm_isomax.predict(model, [image]):",
+                "    print(p.label, p.score, p.is_ood)  # score: higher = more in-distribution; is_ood: score < threshold"]
+    return ["print(timm_isomax.ood_scores(model, [image]))  # higher = more in-distribution",
+            "# these weights carry no OOD threshold: fit one on ID data with timm_isomax.fit_ood_threshold(model, loader)"]
+
+
 def render_model_card(config: "HubConfig") -> str:
     """The model card (README.md with YAML front matter) of a published model, from its hub config.
 
@@ -516,9 +526,7 @@ def render_model_card(config: "HubConfig") -> str:
              f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
              f'# or, where the installed timm-isomax ships its hub config: timm.create_model("{config.name}", pretrained=True)',
              "", "from PIL import Image", "image = Image.open(\"example.png\")  # your image; preprocessed with the model's data config",
-             "for p in timm_isomax.predict(model, [image]):",
-             "    print(p.label, p.score, p.is_ood)  # score: higher = more in-distribution; is_ood: score < threshold",
-             "```", ""]
+             *_snippet_prediction(metrics.get("threshold") is not None), "```", ""]
     if metrics:
         lines += [f"## Results ({config.dataset['name']} test split as in-distribution)", "",
                   f"Accuracy on {config.dataset['name']} ({config.dataset['eval_split']}, {metrics.get('id_images')} images): "

@@ -196,3 +196,14 @@ def test_a_nan_in_epoch_2_keeps_epoch_1s_checkpoint_and_resume_ends_as_an_uninte
     train(TrainConfig(**settings, output=str(output), resume=True))
     resumed, expected = _weights(output), _weights(uninterrupted)
     assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+def test_a_saved_isomax_start_model_of_another_head_is_refused(tmp_path):
+    # its loss, scores and threshold would follow --head, not the head the weights hold
+    from .test_hub import _saved_model
+
+    _saved_model(tmp_path / "isomaxplus")  # an IsoMax+ folder
+    with pytest.raises(ValueError, match=r"holds the isomaxplus head but --head is dismax: pass --head isomaxplus") as error:
+        train(TrainConfig(model=f"local-dir:{tmp_path / 'isomaxplus'}", head="dismax", epochs=1,
+                          output=str(tmp_path / "run"), **DIGITS))
+    assert "\n" not in str(error.value) and not (tmp_path / "run" / "model.safetensors").exists()

@@ -69,6 +69,9 @@ def build_start_model(cfg: TrainConfig, num_classes: int, train_split) -> nn.Mod
         if head == "softmax":
             raise ValueError(f"{cfg.model} is an IsoMax model ({start.head_type}); --head softmax needs a SoftMax "
                              f"start model.")
+        if start.head_type != head:  # the loss, scores and threshold follow --head: they must be the model's own
+            raise ValueError(f"{cfg.model} holds the {start.head_type} head but --head is {head}: pass --head "
+                             f"{start.head_type} to fine-tune it, or start from a SoftMax model to convert it to {head}.")
         if start.num_classes != num_classes:
             start.reset_classifier(num_classes)
             with torch.no_grad():

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import timm_isomax  # noqa: F401
-from timm_isomax.benchmark import (fill_result_tables, headline_table, load_protocol, load_runs, markdown_table, missing_inputs,
-                                   run_protocol, smoke_version, summarize)
+from timm_isomax.benchmark import (fill_result_tables, headline_table, load_protocol, load_runs, markdown_table,
+                                   missing_inputs, run_protocol, smoke_version, summarize)
 from timm_isomax.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

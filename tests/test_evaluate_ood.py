@@ -47,7 +47,8 @@ def test_softmax_and_isomaxplus_side_by_side(models, shared_data, tmp_path, caps
     assert [d["name"] for d in report["ood_datasets"]] == ["fashion_mnist", "notmnist"]
     softmax, isomaxplus = report["models"]
     assert (softmax["name"], softmax["head"], list(softmax["metrics"])) == ("mnist_softmax", "softmax", SOFTMAX_SCORES)
-    assert (isomaxplus["head"], list(isomaxplus["metrics"]), isomaxplus["temperature"]) == ("isomaxplus", ISOMAXPLUS_SCORES, 1.0)
+    assert (isomaxplus["head"], list(isomaxplus["metrics"]), isomaxplus["temperature"]) == (
+        "isomaxplus", ISOMAXPLUS_SCORES, 1.0)
     mds = isomaxplus["metrics"]["mds"]
     assert list(mds) == ["fashion_mnist", "notmnist", "mean"] and list(mds["mean"]) == list(METRIC_NAMES)
     # measured (seed 0, first 500 test images): IsoMax+ accuracy 0.942, MDS AUROC 0.929 (Fashion-MNIST) /

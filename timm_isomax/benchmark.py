@@ -48,7 +48,8 @@ from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, 
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
-           "markdown_table", "headline_table", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS", "inference_throughput", "hardware_description"]
+           "markdown_table", "headline_table", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS",
+           "inference_throughput", "hardware_description"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
@@ -404,8 +405,8 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
     Each entry: ``protocol``, ``head``, ``score``, ``label``, ``seeds``, ``accuracy``, ``throughput``
     (inference img/s), ``throughput_ratio`` (over the SoftMax model's, measured side by side in each seed's
     run), ``metrics[ood][metric]`` (also ``"<group> mean"`` for the protocol's OOD groups), plus the
-    head's training seconds and ``hardware`` (the machines its runs trained on, sorted). Every statistic is ``{"mean", "std", "n"}``. Heads are
-    summarised over the seeds that have them.
+    head's training seconds and ``hardware`` (the machines its runs trained on, sorted). Every statistic is
+    ``{"mean", "std", "n"}``. Heads are summarised over the seeds that have them.
     """
     by_protocol: Dict[str, List[Dict]] = {}
     for run in runs:

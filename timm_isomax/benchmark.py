@@ -462,7 +462,11 @@ def _recipe_line(entry: Dict) -> str:
     parts = [settings["model"], start, "frozen backbone" if settings.get("freeze_backbone") else None,
              f"{settings.get('epochs', 5)} epochs", f"batch {settings.get('batch_size', 64)}",
              f"{settings.get('opt', 'sgd')} lr {settings.get('lr', 0.01)}", f"{settings.get('sched', 'cosine')}",
+             f"{settings['warmup_epochs']} warm-up epoch(s)" if settings.get("warmup_epochs") else None,
+             f"weight decay {settings['weight_decay']}" if "weight_decay" in settings else None,
              f"augmentation {settings.get('augmentation', 'rrc')}",
+             "bf16/fp16 autocast" if settings.get("amp") else None,
+             "channels_last" if settings.get("channels_last") else None,
              f"{settings['img_size']} px" if settings.get("img_size") else None,
              (f"{'first' if settings.get('subset', 'balanced') == 'first' else 'a class-balanced sample of'} "
               f"{settings['train_limit']} training images") if settings.get("train_limit") else None]
@@ -483,14 +487,15 @@ def _hardware_line(entries: Sequence[Dict]) -> str:
 
 
 def _start_line(entry: Dict) -> str:
-    # what a protocol trains, in a few words: "cifar10, cifar_resnet20 fine-tuned from resnet20-12fca82f.th"
+    # what a protocol trains, in a few words: "cifar10, cifar_resnet20 fine-tuned from resnet20-12fca82f.th, 4 epochs"
+    # (the epochs tell apart two protocols on the same start, e.g. CIFAR-10 from scratch for 2 and 15 epochs)
     settings = entry["train"]
     if settings.get("from_scratch"):
         how = "from scratch"
     else:
         start = Path(settings["checkpoint"]).name if settings.get("checkpoint") else "pretrained"
         how = f"frozen backbone ({start})" if settings.get("freeze_backbone") else f"fine-tuned from {start}"
-    return f"{entry['id_dataset']}, {settings['model']} {how}"
+    return f"{entry['id_dataset']}, {settings['model']} {how}, {settings.get('epochs', 5)} epochs"
 
 
 # The other isotropic heads beside IsoMax+ in the README's table, each read with the score it is designed for.

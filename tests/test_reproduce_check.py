@@ -8,14 +8,25 @@ from pathlib import Path
 import pytest
 
 from timm_isomax.cli import reproduce
+from timm_isomax.cli.finetune import parse_args as finetune_settings
 from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, load_hub_config, metric_differences,
                                     write_hub_config)
+from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR
 
 from .test_hub import _saved_model, _test_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # the small test model names its classes c0..c9, the MNIST data 0..9: evaluation says so, rightly, each time
 pytestmark = pytest.mark.filterwarnings("ignore:the ID set mnist names its classes otherwise")
+
+
+RECIPE = ["--model", "resnet10t_isomaxplus", "--from-scratch", "--epochs", "2", "--lr", "0.05"]
+
+
+def _record_training(folder: Path, finetune_args) -> None:
+    # what the trainer writes beside a model it trained: the settings of the run (here: of finetune_args)
+    (folder / TRAINING_DIR).mkdir(exist_ok=True)
+    (folder / TRAINING_DIR / SETTINGS_NAME).write_text(json.dumps(finetune_settings(finetune_args).to_json()))
 
 
 @pytest.fixture
@@ -26,7 +37,9 @@ def measured(shared_data, tmp_path, capsys):
         _test_config(tmp_path / "model", tmp_path),
         dataset=dict(name="mnist", path=str(shared_data / "mnist"), train_split="train", eval_split="test"),
         ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
+        finetune_args=[*RECIPE, "--dataset", str(shared_data / "mnist"), "--output", str(tmp_path / "model")],
         evaluation=dict(limit=200, batch_size=100), metrics=None)
+    _record_training(tmp_path / "model", config.finetune_args)
     path = write_hub_config(config)
     assert reproduce.main([str(path), "--evaluate-only"]) == 0
     capsys.readouterr()
@@ -79,6 +92,25 @@ def test_check_fails_when_the_folder_holds_other_weights(measured, capsys):
     code, out, err = _check(measured, capsys)
     assert code == 1 and "other than the recorded ones" in out and "push` refuses it" in out
     assert f"tolerance {RETRAINED_TOLERANCE:g} points" in out and "weights_sha256" in out.splitlines()[-1]
+
+
+def test_a_folder_trained_with_another_recipe_is_never_measured_for_the_card(measured, capsys, tmp_path):
+    # the folder's own record says 3 epochs, the config's recipe 2: its numbers would describe other weights
+    before = measured.path.read_bytes()
+    folder = Path(measured.source_checkpoint)
+    _record_training(folder, [*RECIPE[:-4], "--epochs", "3", "--lr", "0.05", "--dataset", "mnist",
+                              "--output", str(tmp_path / "elsewhere"), "--workers", "0"])
+    for extra in ([], ["--check"]):
+        assert reproduce.main([str(measured.path), "--evaluate-only", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "trained with other settings" in err, err
+        assert "epochs: 3 (recipe: 2)" in err and "dataset" in err
+        assert "output" not in err.split("(", 1)[1] and "workers" not in err  # where it ran may differ
+    # a folder without any record of its training is not taken on trust either
+    (folder / TRAINING_DIR / SETTINGS_NAME).unlink()
+    assert reproduce.main([str(measured.path), "--evaluate-only"]) == 2
+    assert "holds no record of how it was trained" in capsys.readouterr().err
+    assert measured.path.read_bytes() == before and not (folder / "README.md").read_text().count("epochs: 3")
 
 
 def test_check_options_are_checked(measured, capsys):

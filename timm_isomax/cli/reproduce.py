@@ -8,8 +8,8 @@
    threshold, the temperature, the weights' hash), the label names and the data config into the hub config,
    and the model card (README.md, with the numbers as `model-index` metadata) into the model folder.
 
---evaluate-only skips step 1 (the folder must hold the trained model); --resume continues an interrupted
-training run. Run it from the repository root: the recorded dataset paths are relative to it.
+--evaluate-only skips step 1 (the folder must hold the trained model, made with exactly this recipe: its
+training/config.json is compared with finetune_args); --resume continues an interrupted training run. Run it from the repository root: the recorded dataset paths are relative to it.
 
 --check writes nothing: it retrains the recipe into a scratch folder (--check-dir, default
 SOURCE_CHECKPOINT.check) and compares the numbers it measures there with the recorded ones; with
@@ -23,17 +23,19 @@ bit, 1.0 point where training gave other weights; the threshold within that many
 """
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import datasets
 
 from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
 from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
                                     metric_differences, write_hub_config)
-from timm_isomax.cli.finetune import main as finetune_main
+from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
+from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, changed_settings
 from timm_isomax.provenance import weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
@@ -50,6 +52,24 @@ def train(config: HubConfig, resume: bool = False, output: Optional[str] = None)
     code = finetune_main(args)
     if code:
         raise SystemExit(f"error: fine-tuning failed (exit code {code}); fix the recipe in {config.path} or pass --resume.")
+
+
+def check_recipe(config: HubConfig, folder: Union[str, Path]) -> None:
+    """Refuse to measure a model folder that another recipe trained than the config's ``finetune_args``
+    (its ``training/config.json`` is the record): its numbers would go onto a card that describes other
+    weights. Where and how visibly it ran (output folder, workers, device, progress) may differ."""
+    record = Path(folder) / TRAINING_DIR / SETTINGS_NAME
+    if not record.is_file():
+        raise ValueError(f"{folder} holds no record of how it was trained ({record}), so nothing shows it is the "
+                         f"recipe in {config.path}; retrain it: `timm-isomax reproduce {config.path}`.")
+    trained = json.loads(record.read_text())
+    recipe = finetune_settings(list(config.finetune_args)).to_json()
+    changed = changed_settings(trained, recipe)
+    if changed:
+        shown = ", ".join(f"{k}: {trained.get(k)!r} (recipe: {recipe.get(k)!r})" for k in changed[:4])
+        raise ValueError(f"{folder} was trained with other settings than {config.path}'s finetune_args ({shown}"
+                         f"{', ...' if len(changed) > 4 else ''}); fix finetune_args to the run's settings ({record}) "
+                         f"or retrain: `timm-isomax reproduce {config.path}`.")
 
 
 def measure(config: HubConfig, folder: Optional[str] = None) -> HubConfig:
@@ -101,6 +121,7 @@ def check(config: HubConfig, evaluate_only: bool, check_dir: Optional[str], tole
         raise ValueError(f"{folder} holds no trained model; run without --evaluate-only to retrain it.")
     if not evaluate_only:
         train(config, resume=resume, output=folder)
+    check_recipe(config, folder)
     measured = measure(config, folder).metrics
     same_weights = measured["weights_sha256"] == recorded.get("weights_sha256")
     limit = tolerance if tolerance is not None else SAME_WEIGHTS_TOLERANCE if same_weights else RETRAINED_TOLERANCE
@@ -148,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             train(config, resume=args.resume)
         elif not (Path(config.source_checkpoint) / "config.json").is_file():
             raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
+        check_recipe(config, config.source_checkpoint)
         config = measure(config)
         write_hub_config(config)
         card = write_model_card(config, config.source_checkpoint)

@@ -7,7 +7,7 @@ Layout of an output folder: ``config.json`` + ``model.safetensors`` (the model, 
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from ..conversion import ConversionReport
 from ..hub import _atomic_write
 
-__all__ = ["check_resumed_settings", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
+__all__ = ["check_resumed_settings", "changed_settings", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
            "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
            "write_json"]
 
@@ -46,6 +46,12 @@ RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_ever
 SETTINGS_NAME = "config.json"
 
 
+def changed_settings(saved: Dict[str, Any], settings: Dict[str, Any]) -> List[str]:
+    """The names of the settings (``TrainConfig.to_json()`` form) in which two runs train differently:
+    every one but :data:`RESUMABLE_CHANGES`, sorted."""
+    return sorted(k for k in set(saved) | set(settings) if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
+
+
 def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None:
     """Refuse to resume a run with other settings than it was made with (another dataset, learning rate,
     epoch count, ...): the checkpoint would silently continue under a mix of both, and the record of what
@@ -54,8 +60,7 @@ def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None
     if not path.exists():
         return  # checkpoints of runs older than this record
     saved = json.loads(path.read_text())
-    changed = sorted(k for k in set(saved) | set(settings)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
+    changed = changed_settings(saved, settings)
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
         raise ValueError(f"{training_dir.parent} holds a run made with other settings ({shown}"

@@ -243,6 +243,47 @@ def test_a_protocol_that_gains_a_head_trains_only_that_head_into_the_finished_se
             run_protocol(other, shared_data, output=tmp_path, runs=tmp_path / "runs", throughput_rounds=0)
 
 
+def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_data, tmp_path, monkeypatch):
+    # two benchmarks (--heads) fill one seed file at the same time: each re-reads it under a lock before it
+    # adds a row, so neither overwrites the other's rows with its stale copy
+    import threading
+
+    from timm_isomax import benchmark
+    protocol = load_protocol(PROTOCOLS / "mnist.json")  # all four heads
+    protocol = dataclasses.replace(protocol, seeds=(0,))
+    trained = []
+
+    def slow_train(cfg):  # the two "runs" overlap: each ends while the other is still training
+        time.sleep({"softmax": 0.1, "isomaxplus": 0.3, "isomax": 0.5, "dismax": 0.4}[cfg.head])
+        trained.append(cfg.head)
+    monkeypatch.setattr(benchmark, "train", slow_train)
+    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    measured = []
+    monkeypatch.setattr(benchmark, "_measure_throughput",
+                        lambda run, *a: measured.append(sorted(r["head"] for r in run["rows"])) or
+                        {r["head"]: 1.0 for r in run["rows"]})
+    threads = [threading.Thread(target=run_protocol, args=(protocol, shared_data, tmp_path, tmp_path / "runs"),
+                                kwargs=dict(heads=heads, log=lambda _: None))
+               for heads in (["softmax", "isomax"], ["isomaxplus", "dismax"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run = json.loads((tmp_path / protocol.name / "seed0.json").read_text())
+    assert sorted(trained) == sorted(protocol.heads)
+    assert [row["head"] for row in run["rows"]] == list(protocol.heads)  # every row kept, in the protocol's order
+    # timed once, side by side, by whichever benchmark added the last head
+    assert measured == [sorted(protocol.heads)] and all(row["throughput"] == 1.0 for row in run["rows"])
+    with pytest.raises(ValueError, match=r"has no head 'source' \(its heads: softmax, isomax"):
+        run_protocol(protocol, shared_data, tmp_path, tmp_path / "runs", heads=["source"])
+    # the command line names a head a protocol lacks before anything trains
+    cli = subprocess.run([sys.executable, "-m", "timm_isomax", "benchmark", "--smoke", "mnist", "--heads", "dismax",
+                          "--output", str(tmp_path / "smoke"), "--data-root", str(shared_data)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    assert "--heads dismax: not every one is a head of mnist-smoke" in cli.stderr and not (tmp_path / "smoke").exists()
+
+
 def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkeypatch):
     protocol = smoke_version(load_protocol(PROTOCOLS / "mnist.json"))
     folder = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training"

@@ -26,10 +26,13 @@ Example:
     >>> runs = run_protocol(protocol, data_root="../shared/data", output="benchmarks/results")
     >>> print(markdown_table(summarize(runs)))
 """
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import functools
 import json
+import os
 import platform
 import re
 import statistics
@@ -294,7 +297,8 @@ def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: to
 
 
 def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[str, TrainConfig], rounds: int,
-                        device: torch.device) -> None:
+                        device: torch.device) -> Dict[str, float]:
+    """Inference images per second of each trained head of the seed, timed side by side."""
     import timm
 
     from .data import class_count, dataset_for_model, find_columns, load_image_dataset
@@ -316,24 +320,29 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
     test = dataset_for_model(first, configs[protocol.heads[0]].dataset, split=protocol.test_split, limit=256,
                              data_config=data_config_overrides(configs[protocol.heads[0]], first))
     batch = torch.stack([test[i][0] for i in range(len(test))])
-    rates = inference_throughput(models, batch, rounds, device)
-    for row in run["rows"]:
-        if row["head"] in rates:
-            row["throughput"] = rates[row["head"]]
+    return inference_throughput(models, batch, rounds, device)
 
 
 def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]] = None,
                  output: Union[str, Path] = "benchmarks/results", runs: Union[str, Path] = "outputs/benchmark_runs",
                  feature_cache: Optional[Union[str, Path]] = "outputs/feature_cache",
                  device: Union[str, torch.device] = "cpu", throughput_rounds: int = 5,
-                 log: Callable[[str], None] = print) -> List[Dict]:
-    """Train and evaluate every head of ``protocol`` for each of its seeds; one run dict per seed.
+                 log: Callable[[str], None] = print, heads: Optional[Sequence[str]] = None) -> List[Dict]:
+    """Train and evaluate every head of ``protocol`` (or only ``heads``, some of them) for each of its seeds;
+    one run dict per seed.
 
     Finished heads are read back from ``<output>/<protocol>/seed<k>.json`` (the file must hold the same
-    protocol); an unfinished run continues from its checkpoint in ``runs``.
+    protocol); an unfinished run continues from its checkpoint in ``runs``. Benchmarks of other heads of the
+    same seeds may run at the same time (e.g. ``heads=["dismax"]`` beside the others on a second core): each
+    adds its rows to the seed file under a lock.
     """
     device = torch.device(device)
     output, runs = Path(output), Path(runs)
+    heads = tuple(protocol.heads if heads is None else heads)
+    unknown = [head for head in heads if head not in protocol.heads]
+    if unknown:
+        raise ValueError(f"protocol {protocol.name!r} has no head {', '.join(map(repr, unknown))} (its heads: "
+                         f"{', '.join(protocol.heads)}); pass some of those.")
     missing = missing_inputs(protocol, data_root)
     if missing:
         raise FileNotFoundError(f"protocol {protocol.name!r}: {', '.join(missing)} not found (data root "
@@ -341,12 +350,13 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
     results = []
     for seed in protocol.seeds:
         path = _seed_file(output, protocol, seed)
-        run = _read_seed_file(path, protocol) or dict(protocol=protocol.to_json(), seed=seed, rows=[])
+        run = _update_seed_file(path, protocol, seed)
         if protocol.source_row and not any(row["head"] == "source" for row in run["rows"]):
-            run["rows"].insert(0, _source_row(protocol, data_root, output, device))
+            source = _source_row(protocol, data_root, output, device)
+            run = _update_seed_file(path, protocol, seed, lambda run: _add_row(run, source))
         configs = {head: _train_config(protocol, head, seed, data_root, runs,
                                        Path(feature_cache) if feature_cache else None) for head in protocol.heads}
-        for head in protocol.heads:
+        for head in heads:
             if any(row["head"] == head for row in run["rows"]):
                 continue
             cfg = configs[head]
@@ -357,19 +367,59 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
             # a seed file gathers runs of several sessions (a head added later), on whatever CPU each had: each
             # row names its own; the run's ``hardware`` is the latest, where the heads' throughput is timed
             row.update(wall_seconds=time.perf_counter() - start, hardware=hardware_description(device))
-            run["rows"].append(row)
-            run.update(hardware=row["hardware"], id_dataset=protocol.id_dataset,
-                       ood_datasets=list(protocol.ood_datasets))
-            _write(path, run)
+            run = _update_seed_file(path, protocol, seed, lambda run: _add_row(run, row))
             log(f"{protocol.name} seed {seed} {head}: accuracy {100 * row['accuracy']:.2f}% "
                 f"({row['train_seconds']:.0f} s of training)")
-        order = ("source", *protocol.heads)
-        run["rows"].sort(key=lambda row: order.index(row["head"]))
-        if throughput_rounds > 0 and not all("throughput" in row for row in run["rows"] if row["head"] != "source"):
-            _measure_throughput(run, protocol, configs, throughput_rounds, device)
-            _write(path, run)
+        run = _update_seed_file(path, protocol, seed)
+        trained = {row["head"] for row in run["rows"]} - {"source"}
+        # timed side by side once every head of the seed is there (whichever benchmark adds the last one)
+        if (throughput_rounds > 0 and trained == set(protocol.heads)
+                and not all("throughput" in row for row in run["rows"] if row["head"] != "source")):
+            rates = _measure_throughput(run, protocol, configs, throughput_rounds, device)
+            run = _update_seed_file(path, protocol, seed, lambda run: _set_throughput(run, rates))
         results.append(run)
     return results
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    # an exclusive flock on the folder itself (no lock file to commit), released at exit or process death
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _update_seed_file(path: Path, protocol: BenchmarkProtocol, seed: int,
+                      change: Optional[Callable[[Dict], None]] = None) -> Dict:
+    """The seed file's run as it is now (a new one if there is none), after ``change`` if given, which is
+    then written: read, change and write under a lock, so that benchmarks of other heads of the same seed
+    never overwrite each other's rows."""
+    with _locked(path.parent):
+        run = _read_seed_file(path, protocol) or dict(protocol=protocol.to_json(), seed=seed, rows=[])
+        if change is not None:
+            change(run)
+            order = ("source", *protocol.heads)
+            run["rows"].sort(key=lambda row: order.index(row["head"]))
+            _write(path, run)
+    return run
+
+
+def _add_row(run: Dict, row: Dict) -> None:
+    if not any(existing["head"] == row["head"] for existing in run["rows"]):
+        run["rows"].append(row)
+    if row["head"] != "source":
+        run.update(hardware=row["hardware"], id_dataset=run["protocol"]["id_dataset"],
+                   ood_datasets=list(run["protocol"]["ood_datasets"]))
+
+
+def _set_throughput(run: Dict, rates: Dict[str, float]) -> None:
+    for row in run["rows"]:
+        if row["head"] in rates:
+            row["throughput"] = rates[row["head"]]
 
 
 def _write(path: Path, run: Dict) -> None:

@@ -8,6 +8,7 @@ tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
 
     timm-isomax benchmark mnist fashion_mnist cifar10    # the from-scratch protocols
     timm-isomax benchmark mnist fashion_mnist     # some of them
+    timm-isomax benchmark cifar10_converge --heads dismax   # only some heads (others may run beside it)
     timm-isomax benchmark --smoke                 # every protocol shrunk to seconds (what the tests run)
     timm-isomax benchmark --report-only           # tables and plot from the saved runs
 """
@@ -25,6 +26,7 @@ import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
 from timm_isomax.benchmark import (TABLE_METRICS, headline_table, load_protocol, load_runs, markdown_table,
                                    missing_inputs, run_protocol, smoke_version, summarize)
 from timm_isomax.plots import plot_benchmark
+from timm_isomax.train import HEADS
 
 # the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)
 PROTOCOLS = Path(str(importlib.resources.files("timm_isomax.protocols")))
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="results folder (default: benchmarks/results, or "
                                                   "outputs/benchmark_smoke with --smoke)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the protocols' seeds")
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=None,
+                   help="train only these of the protocols' heads (default: all); a second benchmark of other heads "
+                        "of the same seeds may run at the same time")
     p.add_argument("--smoke", action="store_true", help="run each protocol's smoke version")
     p.add_argument("--runs", default=str(WORKDIR / "outputs" / "benchmark_runs"),
                    help="where the trainer's run folders (checkpoints, models) go (default: %(default)s)")
@@ -88,6 +93,12 @@ def main(argv=None) -> int:
     if args.smoke and args.runs == parse_args([]).runs:
         args.runs = str(WORKDIR / "outputs" / "benchmark_smoke_runs")
     if not args.report_only:
+        lacking = [f"{p.name} (heads: {', '.join(p.heads)})" for p in protocols
+                   if args.heads and not set(args.heads) <= set(p.heads)]
+        if lacking:
+            print(f"error: --heads {' '.join(args.heads)}: not every one is a head of {'; '.join(lacking)}; "
+                  f"name only heads the protocols have.", file=sys.stderr)
+            return 2
         missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:
             print(f"error: {', '.join(missing)} not found (data root {args.data_root}); pass --data-root (the folder "
@@ -96,7 +107,7 @@ def main(argv=None) -> int:
         for protocol in protocols:
             try:
                 run_protocol(protocol, args.data_root, output, args.runs, args.feature_cache, args.device,
-                             args.throughput_rounds)
+                             args.throughput_rounds, heads=args.heads)
             except KeyboardInterrupt:
                 print(f"interrupted: the same command continues where it stopped.", file=sys.stderr)
                 return 130

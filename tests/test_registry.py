@@ -27,10 +27,12 @@ SAMPLE_ARCHS = {
     "resnetv2_18": ({}, 64),                                   # 1x1 Conv2d classifier
     "repvit_m0_9": ({}, 64),                                   # RepVitClassifier container
     "efficientvit_m0": ({}, 64),                               # get_classifier() bug at num_classes=0
+    "cifar_airnet_small": ({}, 32),                            # timm_isomax's own: global max pool, Linear fc
 }
 
 
-CIFAR_RESNETS = {f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}  # registered by timm_isomax
+# the architectures timm_isomax itself registers in timm
+OWN_ARCHS = {*(f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110, 1202)), "cifar_airnet", "cifar_airnet_small"}
 SUFFIXES = ("_isomaxplus", "_isomax", "_dismax")  # one per head kind, written out: the test does not read the library's
 
 
@@ -41,11 +43,11 @@ def base_names():
 def test_every_classification_arch_is_registered_under_every_suffix():
     bases = base_names()
     classification = [n for n in bases if n not in ENCODER_ONLY]
-    assert CIFAR_RESNETS <= set(bases)
+    assert OWN_ARCHS <= set(bases)
     if timm.__version__ == "1.0.31":  # the tested version (constraints.txt): its exact counts
-        assert len(set(bases) - CIFAR_RESNETS) == 1371 and len(classification) == 1364 + 6
+        assert len(set(bases) - OWN_ARCHS) == 1371 and len(classification) == 1364 + len(OWN_ARCHS)
     else:  # another allowed timm: at least as many, every classification arch covered (asserted below)
-        assert len(classification) >= 1364 + 6
+        assert len(classification) >= 1364 + len(OWN_ARCHS)
     for suffix in SUFFIXES:
         registered = timm.list_models("*" + suffix)
         assert sorted(registered) == sorted(n + suffix for n in classification)
@@ -133,6 +135,29 @@ def test_features_only_goes_to_the_base_arch():
     base = timm.create_model("resnet10t", features_only=True, out_indices=(2, 4))
     assert type(features) is type(base) and features.feature_info.channels() == base.feature_info.channels()
     assert [o.shape for o in features(torch.randn(1, 3, 64, 64))] == [o.shape for o in base(torch.randn(1, 3, 64, 64))]
+
+
+@pytest.mark.parametrize("name, widths, params", [("cifar_airnet_small", (32, 128, 128), 495_962),
+                                                   ("cifar_airnet", (64, 256, 256), 1_978_026)])
+def test_the_own_cifar_airnet_follows_the_timm_model_api(name, widths, params):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == params and model.num_classes == 10
+    assert model.pretrained_cfg["mean"] == (0.4914, 0.4822, 0.4465) and model.pretrained_cfg["classifier"] == "fc"
+    features = timm.create_model(name, features_only=True)
+    maps = features(torch.randn(2, 3, 32, 32))
+    assert [m.shape[1:] for m in maps] == [(widths[0] // 2, 32, 32), (widths[0], 16, 16), (widths[1], 8, 8),
+                                           (widths[2], 4, 4)]
+    assert features.feature_info.reduction() == [1, 2, 4, 8]
+    # the global max pool of the last map is the pre-logits a head gets; the gradient reaches the stem
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True),
+                               model.forward_features(x).amax(dim=(2, 3)))
+    model.reset_classifier(3, global_pool="avg")
+    model.train()
+    model(x).sum().backward()
+    assert model(x).shape == (2, 3) and model.stem[0].weight.grad.abs().sum() > 0
 
 
 def test_model_api_methods():

@@ -560,12 +560,14 @@ def _companion_cells(entry: Optional[Dict], gap: str, column: str, top: float) -
     return f" | {_percent(entry['accuracy'])} | {_percent(auroc, auroc['mean'] == top)}"
 
 
-def headline_table(runs: Sequence[Dict]) -> str:
+def headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_set: bool = False) -> str:
     """The README's results table from the runs (:func:`load_runs`): per protocol and OOD column (the group
-    means where the protocol has groups, else each OOD set), SoftMax and IsoMax+ accuracy, the best SoftMax
-    score's AUROC and IsoMax+'s MDS AUROC (mean ± std over the seeds that have both heads) and their
-    difference, then IsoMax's accuracy and entropic AUROC and DisMax's accuracy and MMLES AUROC where they ran
-    on the same seeds; the best AUROC bold."""
+    means where the protocol has groups, else each OOD set; ``every_set``: each OOD set and the group means),
+    SoftMax and IsoMax+ accuracy, the best SoftMax score's AUROC and IsoMax+'s MDS AUROC (mean ± std over the
+    seeds that have both heads) and their difference, then IsoMax's accuracy and entropic AUROC and DisMax's
+    accuracy and MMLES AUROC where they ran on the same seeds; the best AUROC bold. ``protocol``: that one
+    only."""
+    runs = [run for run in runs if protocol is None or run["protocol"]["name"] == protocol]
     paired = [run for run in runs if {"softmax", "isomaxplus"} <= {row["head"] for row in run["rows"]}]
     summary = summarize(paired) if paired else []
     companion_titles = "".join(f" | {_HEAD_LABELS[head]} acc | {_HEAD_LABELS[head]} {_SCORE_LABELS[score]} AUROC"
@@ -578,7 +580,8 @@ def headline_table(runs: Sequence[Dict]) -> str:
         mds = entries.get(("isomaxplus", "mds"))
         if not softmax or mds is None:
             continue
-        columns = [c for c in mds["columns"] if c.endswith(" mean")] or mds["ood_datasets"]
+        columns = (mds["columns"] if every_set else None) or [c for c in mds["columns"] if c.endswith(" mean")] \
+            or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
         # (entry, why it is missing): a head on other seeds than the two compared is left out, its seed count
         # shown, not mixed in
@@ -639,11 +642,13 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),
 
 def result_tables(runs: Sequence[Dict]) -> Dict[str, str]:
     """The tables a document may quote, by name, made from the runs (:func:`load_runs`): ``"headline"``
-    (:func:`headline_table`) and, per protocol, its AUROC table with its recipe line (:func:`markdown_table`)."""
+    (:func:`headline_table`) and, per protocol, its AUROC table with its recipe line (:func:`markdown_table`)
+    and ``"<protocol>.per_set"``, its headline rows for each OOD set and group mean."""
     summary = summarize(runs)
     tables = {"headline": headline_table(runs)}
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         tables[name] = markdown_table(summary, protocol=name)
+        tables[f"{name}.per_set"] = headline_table(runs, protocol=name, every_set=True)
     return tables
 
 

@@ -13,8 +13,8 @@ classification architecture in timm's own registry::
 timm has no plugin discovery: the import must come before ``timm.create_model`` (also for ``hf-hub:``
 names of IsoMax models).
 """
-from . import cifar_resnet  # registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
-from . import cifar_airnet  # registers cifar_airnet and cifar_airnet_small, likewise
+from . import cifar_resnet  # noqa: F401  registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
+from . import cifar_airnet  # noqa: F401  registers cifar_airnet and cifar_airnet_small, likewise
 from . import fpr, scores
 from .checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_keys
 from .conversion import ConversionReport, convert_softmax_model

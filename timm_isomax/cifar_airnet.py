@@ -12,14 +12,15 @@ suit a CPU better than a ResNet-20's 16-channel ones: ``cifar_airnet_small`` tra
 Registered in timm by ``import timm_isomax`` (with ``_isomaxplus`` / ``_isomax`` / ``_dismax`` variants like
 every arch). No pretrained weights.
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint_seq
+
+from ._cifar_head import PooledLinearClassifier
 
 __all__ = ["CifarAirNet", "CIFAR_AIRNET_WIDTHS"]
 
@@ -44,16 +45,13 @@ class ConvPoolBlock(nn.Module):
         return F.gelu(self.bn2(self.conv2(x)))
 
 
-class CifarAirNet(nn.Module):
+class CifarAirNet(PooledLinearClassifier):
     """The airbench network with the timm model API (forward_features / forward_head / reset_classifier / ...)."""
 
     def __init__(self, widths: Sequence[int] = (64, 256, 256), num_classes: int = 10, in_chans: int = 3,
                  global_pool: str = "max", drop_rate: float = 0.0):
         super().__init__()
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         stem_chs = widths[0] // 2
         self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_chs, 3, padding=1, bias=False), nn.BatchNorm2d(stem_chs),
                                   nn.GELU())
@@ -64,10 +62,7 @@ class CifarAirNet(nn.Module):
             in_chs = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (index + 1), module=f"blocks.{index}"))
         self.blocks = nn.Sequential(*blocks)
-        self.num_features = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_classifier(in_chs, num_classes, global_pool, drop_rate)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -76,35 +71,11 @@ class CifarAirNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -7,14 +7,15 @@ so those load after the ``akamaster-cifar-resnet`` key map (``module.`` stripped
 
 Registered in timm by ``import timm_isomax`` (with ``_isomaxplus`` / ``_isomax`` variants like every arch).
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._manipulate import checkpoint_seq
+
+from ._cifar_head import PooledLinearClassifier
 
 __all__ = ["CifarResNet", "CIFAR_RESNET_DEPTHS"]
 
@@ -49,16 +50,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledLinearClassifier):
     """CIFAR ResNet with the timm model API (forward_features / forward_head / reset_classifier / ...)."""
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg",
                  drop_rate: float = 0.0, widths: Sequence[int] = (16, 32, 64)):
         super().__init__()
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = nn.ReLU(inplace=True)  # a module, so timm's feature extractors run it in order
@@ -70,10 +68,7 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
             in_chs = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** stage, module=f"layer{stage + 1}"))
-        self.num_features = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_classifier(in_chs, num_classes, global_pool, drop_rate)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
@@ -82,35 +77,11 @@ class CifarResNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^conv1|bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):
             x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

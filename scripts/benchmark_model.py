@@ -12,12 +12,24 @@ bf16 on CPU, fp16 on CUDA; both) against float32, the choice behind a protocol's
     python scripts/benchmark_model.py --layouts --arch cifar_resnet20 --img-size 32 --batch-size 128 --num-classes 10
 """
 import argparse
+import functools
 
 import timm
 import torch
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
 from timm_isomax.engine import amp_dtype, interleaved_medians
+
+
+def training_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  targets: torch.Tensor, amp: bool) -> None:
+    """One SGD step of ``model`` on the batch, under autocast when ``amp`` (the dtype the trainer uses)."""
+    model.train()
+    with torch.autocast(device_type=images.device.type, dtype=amp_dtype(images.device), enabled=amp):
+        loss = loss_fn(model(images), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def main(argv=None) -> int:
@@ -50,12 +62,7 @@ def main(argv=None) -> int:
             models[name](images)
 
     def train_step(name):
-        models[name].train()
-        with torch.autocast(**autocast):
-            loss = losses[name](models[name](images), targets)
-        optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers[name].step()
+        training_step(models[name], losses[name], optimizers[name], images, targets, args.amp)
 
     calls = {(name, kind): (lambda fn=fn, name=name: fn(name))
              for name in models for kind, fn in (("infer", infer), ("train", train_step))}
@@ -87,15 +94,7 @@ def compare_layouts(args, device: torch.device, images: torch.Tensor, targets: t
             model, batch = model.to(memory_format=torch.channels_last), images.contiguous(
                 memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step(model=model, batch=batch, optimizer=optimizer, amp=amp):
-            model.train()
-            with torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=amp):
-                loss = loss_fn(model(batch), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        steps[variant] = step
+        steps[variant] = functools.partial(training_step, model, loss_fn, optimizer, batch, targets, amp)
     medians = interleaved_medians(steps, args.rounds, device=device)
     print(f"{name} training step, batch {args.batch_size}, {args.img_size} px, {args.num_classes} classes, device "
           f"{device} (autocast dtype {amp_dtype(device)}), {torch.get_num_threads()} threads; median of "

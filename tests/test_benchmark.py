@@ -281,7 +281,8 @@ def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_
                           "--output", str(tmp_path / "smoke"), "--data-root", str(shared_data)],
                          cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
-    assert "--heads dismax: not every one is a head of mnist-smoke" in cli.stderr and not (tmp_path / "smoke").exists()
+    assert "protocol 'mnist-smoke' has no head 'dismax' (its heads: softmax, isomax" in cli.stderr
+    assert not (tmp_path / "smoke").exists()
 
 
 def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkeypatch):

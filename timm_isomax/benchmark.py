@@ -50,7 +50,7 @@ from .model import HEAD_TITLES
 from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
 from .train.state import write_json
 
-__all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "run_protocol", "load_runs", "summarize",
+__all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "heads_problem", "run_protocol", "load_runs", "summarize",
            "markdown_table", "headline_table", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS",
            "inference_throughput", "hardware_description"]
 
@@ -323,6 +323,15 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
     return inference_throughput(models, batch, rounds, device)
 
 
+def heads_problem(protocol: BenchmarkProtocol, heads: Sequence[str]) -> Optional[str]:
+    """What is wrong with training only ``heads`` of ``protocol`` (heads it does not have), or ``None``."""
+    unknown = [head for head in heads if head not in protocol.heads]
+    if not unknown:
+        return None
+    return (f"protocol {protocol.name!r} has no head {', '.join(map(repr, unknown))} (its heads: "
+            f"{', '.join(protocol.heads)}); pass some of those to --heads.")
+
+
 def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]] = None,
                  output: Union[str, Path] = "benchmarks/results", runs: Union[str, Path] = "outputs/benchmark_runs",
                  feature_cache: Optional[Union[str, Path]] = "outputs/feature_cache",
@@ -339,10 +348,9 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
     device = torch.device(device)
     output, runs = Path(output), Path(runs)
     heads = tuple(protocol.heads if heads is None else heads)
-    unknown = [head for head in heads if head not in protocol.heads]
-    if unknown:
-        raise ValueError(f"protocol {protocol.name!r} has no head {', '.join(map(repr, unknown))} (its heads: "
-                         f"{', '.join(protocol.heads)}); pass some of those.")
+    problem = heads_problem(protocol, heads)
+    if problem:
+        raise ValueError(problem)
     missing = missing_inputs(protocol, data_root)
     if missing:
         raise FileNotFoundError(f"protocol {protocol.name!r}: {', '.join(missing)} not found (data root "
@@ -580,8 +588,11 @@ def headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_s
         mds = entries.get(("isomaxplus", "mds"))
         if not softmax or mds is None:
             continue
-        columns = (mds["columns"] if every_set else None) or [c for c in mds["columns"] if c.endswith(" mean")] \
-            or mds["ood_datasets"]
+        group_means = [column for column in mds["columns"] if column.endswith(" mean")]
+        if every_set:
+            columns = mds["columns"]
+        else:
+            columns = group_means or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
         # (entry, why it is missing): a head on other seeds than the two compared is left out, its seed count
         # shown, not mixed in

@@ -23,7 +23,7 @@ from pathlib import Path
 import datasets
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.benchmark import (TABLE_METRICS, headline_table, load_protocol, load_runs, markdown_table,
+from timm_isomax.benchmark import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
                                    missing_inputs, run_protocol, smoke_version, summarize)
 from timm_isomax.plots import plot_benchmark
 from timm_isomax.train import HEADS
@@ -93,11 +93,9 @@ def main(argv=None) -> int:
     if args.smoke and args.runs == parse_args([]).runs:
         args.runs = str(WORKDIR / "outputs" / "benchmark_smoke_runs")
     if not args.report_only:
-        lacking = [f"{p.name} (heads: {', '.join(p.heads)})" for p in protocols
-                   if args.heads and not set(args.heads) <= set(p.heads)]
-        if lacking:
-            print(f"error: --heads {' '.join(args.heads)}: not every one is a head of {'; '.join(lacking)}; "
-                  f"name only heads the protocols have.", file=sys.stderr)
+        problems = [heads_problem(protocol, args.heads) for protocol in protocols] if args.heads else []
+        if any(problems):
+            print(f"error: {'; '.join(filter(None, problems))}", file=sys.stderr)
             return 2
         missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:

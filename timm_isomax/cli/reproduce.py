@@ -9,7 +9,8 @@
    and the model card (README.md, with the numbers as `model-index` metadata) into the model folder.
 
 --evaluate-only skips step 1 (the folder must hold the trained model, made with exactly this recipe: its
-training/config.json is compared with finetune_args); --resume continues an interrupted training run. Run it from the repository root: the recorded dataset paths are relative to it.
+training/config.json is compared with finetune_args); --resume continues an interrupted training run.
+Run it from the repository root: the recorded dataset paths are relative to it.
 
 --check writes nothing: it retrains the recipe into a scratch folder (--check-dir, default
 SOURCE_CHECKPOINT.check) and compares the numbers it measures there with the recorded ones; with
@@ -35,7 +36,7 @@ from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
 from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
                                     metric_differences, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
-from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, changed_settings
+from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, describe_changes
 from timm_isomax.provenance import weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
@@ -64,11 +65,10 @@ def check_recipe(config: HubConfig, folder: Union[str, Path]) -> None:
                          f"recipe in {config.path}; retrain it: `timm-isomax reproduce {config.path}`.")
     trained = json.loads(record.read_text())
     recipe = finetune_settings(list(config.finetune_args)).to_json()
-    changed = changed_settings(trained, recipe)
-    if changed:
-        shown = ", ".join(f"{k}: {trained.get(k)!r} (recipe: {recipe.get(k)!r})" for k in changed[:4])
-        raise ValueError(f"{folder} was trained with other settings than {config.path}'s finetune_args ({shown}"
-                         f"{', ...' if len(changed) > 4 else ''}); fix finetune_args to the run's settings ({record}) "
+    changes = describe_changes(trained, recipe, pair="{saved!r} (recipe: {new!r})")
+    if changes:
+        raise ValueError(f"{folder} was trained with other settings than {config.path}'s finetune_args ({changes}); "
+                         f"fix finetune_args to the run's settings ({record}) "
                          f"or retrain: `timm-isomax reproduce {config.path}`.")
 
 

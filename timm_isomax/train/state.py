@@ -16,7 +16,7 @@ from torch import nn
 from ..conversion import ConversionReport
 from ..hub import _atomic_write
 
-__all__ = ["check_resumed_settings", "changed_settings", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
+__all__ = ["check_resumed_settings", "changed_settings", "describe_changes", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
            "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
            "write_json"]
 
@@ -52,6 +52,16 @@ def changed_settings(saved: Dict[str, Any], settings: Dict[str, Any]) -> List[st
     return sorted(k for k in set(saved) | set(settings) if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
 
 
+def describe_changes(saved: Dict[str, Any], settings: Dict[str, Any], shown: int = 4,
+                     pair: str = "{saved!r} -> {new!r}") -> str:
+    """The :func:`changed_settings` of two runs for a one-line error, e.g. ``"epochs: 1 -> 2, lr: 0.01 -> 0.5"``
+    (the first ``shown`` of them, then ``...``); ``""`` when they train alike. ``pair`` formats one change
+    from ``saved`` and ``new``."""
+    changed = changed_settings(saved, settings)
+    parts = [f"{key}: " + pair.format(saved=saved.get(key), new=settings.get(key)) for key in changed[:shown]]
+    return ", ".join(parts + (["..."] if len(changed) > shown else []))
+
+
 def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None:
     """Refuse to resume a run with other settings than it was made with (another dataset, learning rate,
     epoch count, ...): the checkpoint would silently continue under a mix of both, and the record of what
@@ -60,11 +70,10 @@ def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None
     if not path.exists():
         return  # checkpoints of runs older than this record
     saved = json.loads(path.read_text())
-    changed = changed_settings(saved, settings)
-    if changed:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
-        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({shown}"
-                         f"{', ...' if len(changed) > 4 else ''}); resume it with its own settings (see {path}), "
+    changes = describe_changes(saved, settings)
+    if changes:
+        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}); resume it "
+                         f"with its own settings (see {path}), "
                          f"or train it further in a new run that starts from it (--model local-dir:"
                          f"{training_dir.parent} --output NEW: its provenance keeps both runs' settings).")
 

@@ -329,7 +329,7 @@ def heads_problem(protocol: BenchmarkProtocol, heads: Sequence[str]) -> Optional
     if not unknown:
         return None
     return (f"protocol {protocol.name!r} has no head {', '.join(map(repr, unknown))} (its heads: "
-            f"{', '.join(protocol.heads)}); pass some of those to --heads.")
+            f"{', '.join(protocol.heads)}); pass some of those.")
 
 
 def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]] = None,
@@ -588,11 +588,10 @@ def headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_s
         mds = entries.get(("isomaxplus", "mds"))
         if not softmax or mds is None:
             continue
-        group_means = [column for column in mds["columns"] if column.endswith(" mean")]
         if every_set:
             columns = mds["columns"]
-        else:
-            columns = group_means or mds["ood_datasets"]
+        else:  # the group means, or each set where the protocol has no groups
+            columns = [column for column in mds["columns"] if column.endswith(" mean")] or mds["ood_datasets"]
         seeds = len(set(softmax[0]["seeds"]) & set(mds["seeds"]))
         # (entry, why it is missing): a head on other seeds than the two compared is left out, its seed count
         # shown, not mixed in

@@ -93,9 +93,10 @@ def main(argv=None) -> int:
     if args.smoke and args.runs == parse_args([]).runs:
         args.runs = str(WORKDIR / "outputs" / "benchmark_smoke_runs")
     if not args.report_only:
-        problems = [heads_problem(protocol, args.heads) for protocol in protocols] if args.heads else []
-        if any(problems):
-            print(f"error: {'; '.join(filter(None, problems))}", file=sys.stderr)
+        problems = [problem for problem in (heads_problem(protocol, args.heads) for protocol in protocols)
+                    if problem] if args.heads else []
+        if problems:
+            print(f"error: {'; '.join(problems)}", file=sys.stderr)
             return 2
         missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:

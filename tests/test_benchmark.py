@@ -285,6 +285,24 @@ def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_
     assert not (tmp_path / "smoke").exists()
 
 
+def test_a_run_resumed_from_an_earlier_session_counts_that_sessions_epochs_in_its_time(shared_data, tmp_path,
+                                                                                      monkeypatch):
+    # a run stopped by a session's end and resumed in the next: the new process times only its own part, so
+    # the epochs of the log it resumes count too (else the docs' "min of runs" undercounts the grid)
+    from timm_isomax import benchmark
+    protocol = dataclasses.replace(smoke_version(load_protocol(PROTOCOLS / "mnist.json")),
+                                   heads=("softmax", "isomax"), head_settings={})
+    earlier = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training" / "log.jsonl"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text(json.dumps({"epoch": 1, "seconds": 1000.0}) + "\n" + json.dumps({"epoch": 2, "seconds": 500.0}))
+    monkeypatch.setattr(benchmark, "train", lambda cfg: None)
+    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    (run,) = run_protocol(protocol, shared_data, tmp_path / "results", tmp_path / "runs", throughput_rounds=0,
+                          log=lambda _: None)
+    wall = {row["head"]: row["wall_seconds"] for row in run["rows"]}
+    assert 1500.0 <= wall["softmax"] < 1510.0 and 0.0 <= wall["isomax"] < 10.0
+
+
 def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkeypatch):
     protocol = smoke_version(load_protocol(PROTOCOLS / "mnist.json"))
     folder = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training"

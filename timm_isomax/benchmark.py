@@ -258,11 +258,17 @@ def _read_seed_file(path: Path, protocol: BenchmarkProtocol) -> Optional[Dict]:
     return run
 
 
+def _training_log(folder: Path) -> List[Dict[str, Any]]:
+    """The run's per-epoch log lines; none before its first epoch."""
+    path = folder / TRAINING_DIR / LOG_NAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def _row(cfg: TrainConfig) -> Dict[str, Any]:
     """The finished run's result row: its final evaluation plus what the log says about training."""
     folder = Path(cfg.output)
     evaluation = json.loads((folder / TRAINING_DIR / EVALUATION_NAME).read_text())
-    log = [json.loads(line) for line in (folder / TRAINING_DIR / LOG_NAME).read_text().splitlines() if line.strip()]
+    log = _training_log(folder)
     config = json.loads((folder / "config.json").read_text())
     row = dict(evaluation, arch=config["architecture"], train_seconds=sum(r["seconds"] for r in log),
                final_loss=log[-1]["train_loss"], epochs=len(log))
@@ -368,13 +374,16 @@ def run_protocol(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Pat
             if any(row["head"] == head for row in run["rows"]):
                 continue
             cfg = configs[head]
+            # a run resumed from an earlier session's checkpoint: this process only sees its own part, so the
+            # epochs logged before count too (a partial epoch lost at a stop, and start-up, are not counted)
+            earlier_seconds = sum(entry["seconds"] for entry in _training_log(Path(cfg.output)))
             start = time.perf_counter()
             log(f"{protocol.name} seed {seed}: training {head} into {cfg.output}")
             train(dataclasses.replace(cfg, device=str(device)))
             row = _row(cfg)
             # a seed file gathers runs of several sessions (a head added later), on whatever CPU each had: each
             # row names its own; the run's ``hardware`` is the latest, where the heads' throughput is timed
-            row.update(wall_seconds=time.perf_counter() - start, hardware=hardware_description(device))
+            row.update(wall_seconds=earlier_seconds + time.perf_counter() - start, hardware=hardware_description(device))
             run = _update_seed_file(path, protocol, seed, lambda run: _add_row(run, row))
             log(f"{protocol.name} seed {seed} {head}: accuracy {100 * row['accuracy']:.2f}% "
                 f"({row['train_seconds']:.0f} s of training)")

@@ -14,27 +14,26 @@ as the head computes them; for IsoMax, between the raw vectors; a SoftMax model 
         --ood-dataset ../shared/data/mnist --limit 2000
 """
 import argparse
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
 from timm_isomax import IsoMaxHead, IsoMaxPlusHead
-from timm_isomax.evaluation import EvalSet, compute_logits, load_eval_set, load_model
+from timm_isomax.data import dataset_for_model
+from timm_isomax.evaluation import EvalSet, load_eval_set, load_model
 from timm_isomax.metrics import auroc
+from timm_isomax.train.features import compute_features
 
 COLUMNS = ["feature norm", "nearest distance", "2nd - nearest", "mean distance", "centroid distance"]
 
 
 def features_of(model: torch.nn.Module, eval_set: EvalSet, batch_size: int) -> torch.Tensor:
-    """The head's input features (N, D), float32, from the product's own evaluation path (a hook on the
-    head, so preprocessing is exactly what ``timm-isomax evaluate`` does)."""
-    captured: List[torch.Tensor] = []
-    hook = model.get_classifier().register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
-    try:
-        compute_logits(model, eval_set, batch_size=batch_size)
-    finally:
-        hook.remove()
-    return torch.cat(captured)
+    """The head's input features (N, D), float32: the pre-logits, preprocessed as ``timm-isomax evaluate`` does."""
+    def pre_logits(images: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+    dataset = dataset_for_model(model, eval_set.dataset)
+    return compute_features(pre_logits, model, dataset, batch_size, torch.device("cpu"))[0]
 
 
 def geometry(features: torch.Tensor, prototypes: Optional[torch.Tensor], unit: bool) -> Dict[str, torch.Tensor]:

@@ -54,6 +54,18 @@ class Run:
         assert self.started.wait(300), "the run did not start training"
         return time.perf_counter()
 
+    def wait_for_line(self, prefix, timeout=300):
+        """The first output line that starts with ``prefix``, once the run has printed it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.lines) if line.startswith(prefix)), None)
+            if found is not None:
+                return found
+            if not self.reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"the run printed no line starting {prefix!r}: " + "".join(self.lines)[-3000:])
+
     def finish(self, timeout=600):
         code = self.process.wait(timeout)
         self.reader.join(10)
@@ -114,14 +126,20 @@ def test_ten_random_sigkills_then_resume_end_with_the_uninterrupted_weights(unin
     assert [r["train_loss"] for r in log] == [r["train_loss"] for r in expected_log]
 
 
-def _stop_mid_run(shared_data, output, stop_signal, after_seconds, resume):
-    """Start the run (resumed if ``resume``), send ``stop_signal`` after ``after_seconds`` of training and
-    check that it saved a mid-run checkpoint and stopped with code 130; returns the checkpoint's state."""
+def _stop_mid_run(shared_data, output, stop_signal, after_epoch, resume, epoch_seconds=None):
+    """Start the run (resumed if ``resume``), send ``stop_signal`` 0.4 epochs after it reports epoch
+    ``after_epoch`` and check that it saved a mid-run checkpoint and stopped with code 130; returns the
+    checkpoint's state and the epoch's length in seconds (read from that epoch's line unless given).
+    The signal follows the run's own progress, not a share of another run's time: under a loaded CI
+    machine runs speed up and slow down, and a resumed run once finished before a timed signal came."""
     extra = ["--checkpoint-every", "0", *(["--resume"] if resume else [])]  # only the signal saves mid-epoch
     before, _ = checkpoint_position(output)
     run = Run(finetune_args(shared_data, output, extra=extra))
     run.wait_started()
-    time.sleep(after_seconds)
+    line = run.wait_for_line(f"epoch={after_epoch} ")
+    if epoch_seconds is None:
+        epoch_seconds = float(line.split("seconds=")[1].split()[0])
+    time.sleep(0.4 * epoch_seconds)
     run.process.send_signal(stop_signal)
     code, text = run.finish(timeout=120)
     assert code == 130, text[-3000:]
@@ -129,17 +147,21 @@ def _stop_mid_run(shared_data, output, stop_signal, after_seconds, resume):
     assert "interrupted: progress is saved in" in text
     position, state = checkpoint_position(output)
     assert before < position < EPOCHS * STEPS_PER_EPOCH and not (output / "model.safetensors").exists()
-    return state
+    assert state.get("step_in_epoch", 0) > 0, f"the signal did not land mid-epoch: {position} steps saved"
+    return state, epoch_seconds
 
 
 @pytest.mark.slow
 def test_sigint_then_sigterm_save_mid_epoch_and_the_resumed_run_ends_the_same(uninterrupted, shared_data, tmp_path):
     # one run stopped twice (SIGINT, then SIGTERM on its resumed run): each signal is shown to save and stop,
     # with one subprocess fewer than a run per signal (CI time)
-    expected_output, training_seconds = uninterrupted
+    expected_output, _ = uninterrupted
     output = tmp_path / "interrupted"
-    _stop_mid_run(shared_data, output, signal.SIGINT, training_seconds * 0.35, resume=False)
-    state = _stop_mid_run(shared_data, output, signal.SIGTERM, training_seconds * 0.3, resume=True)
+    # SIGINT in epoch 2; the resumed run finishes epoch 2 (a part epoch: its time is not an epoch's) and
+    # gets SIGTERM in epoch 3, so each signal lands mid-epoch with an epoch to spare
+    _, epoch_seconds = _stop_mid_run(shared_data, output, signal.SIGINT, after_epoch=1, resume=False)
+    state, _ = _stop_mid_run(shared_data, output, signal.SIGTERM, after_epoch=2, resume=True,
+                             epoch_seconds=epoch_seconds)
     code, text = Run(finetune_args(shared_data, output, extra=["--resume", "--checkpoint-every", "0"])).finish()
     assert code == 0, text[-3000:]
     expected_resume = f"after epoch {state['epoch']}" + (

@@ -351,14 +351,14 @@ def test_written_files_follow_the_umask_not_the_private_temporary_mode(tmp_path)
     import os
     import stat
 
-    from timm_isomax.hub import _atomic_write
+    from timm_isomax._io import atomic_write
 
     previous = os.umask(0o022)
     try:
-        _atomic_write(tmp_path / "shared.json", lambda tmp: Path(tmp).write_text("{}"))
+        atomic_write(tmp_path / "shared.json", lambda tmp: Path(tmp).write_text("{}"))
         assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644  # was 0o600
         os.umask(0o077)
-        _atomic_write(tmp_path / "private.json", lambda tmp: Path(tmp).write_text("{}"))
+        atomic_write(tmp_path / "private.json", lambda tmp: Path(tmp).write_text("{}"))
         assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
     finally:
         os.umask(previous)

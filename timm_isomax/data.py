@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .views import is_view, load_view
+
 __all__ = [
     "SKLEARN_DIGITS",
     "load_image_dataset",
@@ -76,7 +78,8 @@ def load_image_dataset(
 
     Args:
         source: ``"sklearn-digits"``, a local path (Parquet file, folder of ``<split>.parquet``,
-            ``save_to_disk`` folder, image folder) or a Hugging Face Hub dataset id.
+            ``save_to_disk`` folder, image folder, a view file: :mod:`timm_isomax.views`) or a Hugging Face
+            Hub dataset id.
         split: the split to return (``"train"``, ``"test"``, ...).
         cache_dir: where ``datasets`` keeps its cache.
 
@@ -87,6 +90,8 @@ def load_image_dataset(
     """
     if source == SKLEARN_DIGITS:
         splits = _sklearn_digits()
+    elif is_view(source):  # a JSON view of another dataset (timm_isomax.views)
+        splits = load_view(source)
     elif Path(source).exists():
         if Path(source).is_file() and Path(source).suffix != ".parquet":
             raise ValueError(f"{source}: a dataset file must be Parquet (.parquet); for images use their folder.")

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import tempfile
 import typing
 from pathlib import Path
@@ -18,6 +17,7 @@ import safetensors.torch
 import torch
 
 from . import _timm_compat
+from ._io import atomic_write
 from .model import HEAD_TITLES, IsoMaxClassifier, ood_config_problem
 from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
@@ -52,24 +52,6 @@ IMPORT_HINT = ("IsoMax models need `pip install timm-isomax` and `import timm_is
                "(the import registers the <arch>_isomaxplus / <arch>_isomax architectures with timm)")
 # Top-level key of config.json holding timm-isomax metadata (head type, OOD score, threshold, ...).
 ISOMAX_CONFIG_KEY = "isomax"
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Write beside the target, then rename: a reader never sees half a file, an interrupted run leaves
-    # the previous file in place.
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        # mkstemp's file is private (0600); the target gets what a plain open() would give it under the
-        # umask, so a shared model folder stays readable by others
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -223,8 +205,8 @@ def save_pretrained(
         extra[ISOMAX_CONFIG_KEY] = dict(isomax_metadata)
     # top level, not in the "isomax" block: a SoftMax folder stays a plain timm folder with one extra record
     extra[PROVENANCE_KEY] = dict(provenance or {}, weights_sha256=weights_sha256(state_dict))
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
     return folder
 
 
@@ -554,7 +536,7 @@ def render_model_card(config: "HubConfig") -> str:
 def write_model_card(config: "HubConfig", folder: Union[str, Path]) -> Path:
     """Write :func:`render_model_card` as ``folder/README.md`` (atomically); returns its path."""
     path = Path(folder) / CARD_NAME
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(render_model_card(config)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(render_model_card(config)))
     return path
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .hub import _atomic_write
+from ._io import atomic_write
 from .model import HEAD_TYPES, head_type_of_name
 
 __all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "metric_differences",
@@ -159,7 +159,7 @@ def write_hub_config(config: HubConfig, path: Optional[Union[str, Path]] = None)
         raise ValueError("write_hub_config needs a path for a config that was not read from a file.")
     data = config.to_json()
     _validate(data, str(path))
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
     packaged_hub_configs.cache_clear()
     return path
 

@@ -56,10 +56,10 @@ def _is_number(value: Any) -> bool:
 def ood_config_problem(ood_config: Any) -> Optional[str]:
     """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
 
-    ``score``: a name in :data:`timm_isomax.scores.SCORES`; ``threshold``: a finite number or None;
+    ``score``: a score name (:func:`timm_isomax.detectors.is_score_name`); ``threshold``: a finite number or None;
     ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
     """
-    from .scores import SCORES
+    from .detectors import is_score_name, score_problem
 
     if not isinstance(ood_config, dict):
         return f"ood_config must be an object with keys {list(OOD_CONFIG_KEYS)}, got {type(ood_config).__name__}"
@@ -67,8 +67,8 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
     if unknown:
         return f"unknown ood_config keys {unknown}; allowed: {', '.join(OOD_CONFIG_KEYS)}"
     score, threshold, tpr = ood_config.get("score"), ood_config.get("threshold"), ood_config.get("tpr")
-    if "score" in ood_config and not (isinstance(score, str) and score in SCORES):
-        return f"ood_config score must be one of {sorted(SCORES)}, got {score!r}"
+    if "score" in ood_config and not is_score_name(score):
+        return f"ood_config {score_problem(score) if isinstance(score, str) else f'score must be a name, got {score!r}'}"
     if threshold is not None and not _is_number(threshold):
         return f"ood_config threshold must be a finite number or null, got {threshold!r}"
     if tpr is not None and not (_is_number(tpr) and 0 < tpr <= 1):

@@ -4,9 +4,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
+from ..detectors import LOGIT_SCORES, score_problem
+from ..feature_scores import DEFAULT_BANK_LIMIT
 from ..fpr import fpr_batch_problem
 from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
-from ..scores import SCORES
 
 __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
 
@@ -14,17 +15,12 @@ __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SC
 HEADS = ("softmax", *HEAD_TYPES)
 # The OOD score each head is monitored with and its deployment threshold fitted on, unless ``score`` says.
 DEFAULT_SCORES: Dict[str, str] = {"softmax": "msp", **DEFAULT_OOD_SCORES}
-# Every score the final evaluation reports for each head (max_logit is mds for the IsoMax heads: one row).
-HEAD_SCORES: Dict[str, Tuple[str, ...]] = {
-    "softmax": ("msp", "max_logit", "energy", "entropic"),
-    "isomax": ("entropic", "mds", "energy", "msp"),
-    "isomaxplus": ("mds", "entropic", "energy", "msp"),
-    # DisMax's max logit is -(min d + mean d) / T, not a minimum distance: reported as max_logit
-    "dismax": ("mmles", "mmls", "max_logit", "entropic", "energy", "msp"),
-}
+# The logit scores of each head (the final evaluation adds the feature scores: timm_isomax.detectors).
+HEAD_SCORES: Dict[str, Tuple[str, ...]] = LOGIT_SCORES
 # Settings added after runs were recorded: left out of to_json() at their default, so the records of older runs
 # (compared key by key on --resume) stay the same records.
-_ADDED_LATER: Dict[str, Any] = {"dismax_fpr": False}
+_ADDED_LATER: Dict[str, Any] = {"dismax_fpr": False, "test_split": None, "ood_val_datasets": (), "ood_val_split": "val",
+                                "feature_bank": True, "bank_limit": DEFAULT_BANK_LIMIT}
 # The IsoMax losses' entropic scale (cross-entropy on ``10 * logits``), both papers' value.
 ENTROPIC_SCALE = 10.0
 
@@ -78,6 +74,9 @@ class TrainConfig:
     label_column: Optional[str] = None
     ood_datasets: Sequence[str] = ()
     ood_split: str = "test"
+    test_split: Optional[str] = None
+    ood_val_datasets: Sequence[str] = ()
+    ood_val_split: str = "val"
     score: Optional[str] = None
     epochs: int = 5
     head_epochs: int = 0
@@ -113,6 +112,8 @@ class TrainConfig:
     subset: str = "balanced"
     val_fraction: float = DEFAULT_VAL_FRACTION
     ood_eval_every: int = 1
+    feature_bank: bool = True
+    bank_limit: int = DEFAULT_BANK_LIMIT
     checkpoint_every: int = 0
     resume: bool = False
     device: str = "auto"
@@ -125,9 +126,9 @@ class TrainConfig:
         for name in ("crop_scale", "mean", "std"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(float(v) for v in getattr(self, name)))
-        if isinstance(self.ood_datasets, str):
-            self.ood_datasets = (self.ood_datasets,)
-        self.ood_datasets = tuple(self.ood_datasets)
+        for name in ("ood_datasets", "ood_val_datasets"):
+            value = getattr(self, name)
+            setattr(self, name, (value,) if isinstance(value, str) else tuple(value))
 
     def _problem(self) -> Optional[str]:  # noqa: C901 (one flat list of checks reads best)
         if self.head not in HEADS:
@@ -153,8 +154,13 @@ class TrainConfig:
                 return f"{name} must be a positive number of images, got {getattr(self, name)} (leave it out for all)."
         if self.in_chans is not None and self.in_chans not in (1, 3):
             return f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}."
-        if self.score is not None and self.score not in SCORES:
-            return f"unknown OOD score {self.score!r}; choose one of {', '.join(sorted(SCORES))}."
+        if self.score is not None and score_problem(self.score):
+            return score_problem(self.score)
+        if self.bank_limit < 1:
+            return f"bank_limit must be a positive number of training rows, got {self.bank_limit}."
+        if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
+            return (f"test_split {self.test_split!r} is also the {'training' if self.test_split == self.train_split else 'validation'} "
+                    f"split: the test split must stay out of training and selection; name another split.")
         if self.head == "softmax":
             if self.entropic_scale is not None:
                 return ("the entropic scale belongs to the IsoMax losses; --head softmax trains with plain "

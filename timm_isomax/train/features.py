@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..conversion import linear_classifier
 from ..engine import amp_dtype
-from ..hub import _atomic_write
+from .._io import atomic_write
 from ..model import IsoMaxClassifier
 
 __all__ = ["frozen_parts", "backbone_fingerprint", "FeatureCache", "compute_features"]
@@ -113,5 +113,5 @@ class FeatureCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {"features": features.contiguous(), "labels": labels.long().contiguous()}
-            _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"set": name}))
+            atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"set": name}))
         return features, labels.long()

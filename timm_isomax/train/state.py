@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..conversion import ConversionReport
-from ..hub import _atomic_write
+from .._io import atomic_write
 
 __all__ = ["check_resumed_settings", "changed_settings", "describe_changes", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
            "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
@@ -32,11 +32,11 @@ _MID_EPOCH_ENTRIES = {"step_in_epoch": int, "epoch_loss_sum": float, "rng": dict
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
 
 
 # Settings a resumed run may change: where and how visibly it runs, not what it trains (``output``: the same
@@ -142,4 +142,4 @@ def truncate_log(path: Path, completed_epochs: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
     if len(kept) != len(lines):
-        _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))

@@ -13,11 +13,10 @@ from ..hub import WEIGHTS_NAME, read_config, save_pretrained
 from ..provenance import recorded_provenance, weights_sha256
 from ..metrics import TPR_LEVEL
 from ..model import IsoMaxClassifier
-from ..ood import fit_threshold
-from ..scores import get_score
-from .config import HEAD_SCORES, TrainConfig
-from .evaluate import EvalLoaders, evaluate_epoch, final_evaluation
+from .config import TrainConfig
+from .evaluate import EvalLoaders, evaluate_epoch
 from .features import FeatureCache
+from .final import FinalSets, dataset_name, final_evaluation
 from .loop import EpochProgress, train_epoch
 from .optim import classifier_of, make_optimization
 from .rng import PerImageSeeds, SkipFirst, epoch_seed, rng_states, seed_everything, set_rng_states
@@ -70,10 +69,6 @@ def _set_backbone_trainable(model: nn.Module, classifier: nn.Module, trainable: 
             parameter.requires_grad_(trainable)
 
 
-def _ood_name(source: str) -> str:
-    return source.rstrip("/").split("/")[-1]
-
-
 def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C901 (the run, step by step)
     training_dir = output / TRAINING_DIR
     checkpoint_path = training_dir / CHECKPOINT_NAME
@@ -105,12 +100,14 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
     data_config = data_config_overrides(cfg, model)
     train_set, val_set = splits.for_model(model, _train_transform(cfg), data_config)
     # val_limit rows of each OOD set, picked like the validation rows (class-balanced where it has labels)
-    ood_sets = {_ood_name(source): dataset_for_model(
+    ood_sets = {dataset_name(source): dataset_for_model(
                     model, load_sample(source, cfg.ood_split, cfg.val_limit, cfg.seed, cfg.subset),
                     data_config=data_config, skip_undecodable=True)
                 for source in cfg.ood_datasets}
     loader_kwargs = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=runtime.device.type == "cuda",
                          persistent_workers=False)
+    # the image datasets the final evaluation scores (a frozen run's loaders below hold features instead)
+    val_images, ood_images, cache = val_set, dict(ood_sets), None
     if cfg.freeze_backbone:  # the head trains on features the backbone computes once (or a cache kept)
         cache = FeatureCache(cfg.feature_cache, model, runtime.device, cfg.amp, cfg.workers,
                              cfg.progress and runtime.is_main)
@@ -168,7 +165,7 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
         if runtime.is_main:
             save_checkpoint(checkpoint_path, training_state(epoch, step, step_in_epoch, epoch_loss_sum))
 
-    wrapped, stage, last_logits = train_module, None, None
+    wrapped, stage = train_module, None
     stop = StopRequest(enabled=runtime.world_size == 1)
     try:
         with stop:
@@ -208,11 +205,9 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
                 scheduler.step(epoch + 1)
                 seconds = time.perf_counter() - start
                 if runtime.is_main:
-                    last = epoch + 1 == cfg.epochs
-                    with_ood = bool(eval_loaders.ood) and (last or (cfg.ood_eval_every > 0
-                                                                    and (epoch + 1) % cfg.ood_eval_every == 0))
-                    evaluation, last_logits = evaluate_epoch(eval_loaders, cfg.ood_score, runtime.device, cfg.amp,
-                                                             with_ood)
+                    # the final evaluation scores the OOD sets after the last epoch with every score
+                    with_ood = bool(eval_loaders.ood) and cfg.ood_eval_every > 0 and (epoch + 1) % cfg.ood_eval_every == 0
+                    evaluation, _ = evaluate_epoch(eval_loaders, cfg.ood_score, runtime.device, cfg.amp, with_ood)
                     trained_images = (updates_per_epoch - skip_steps) * cfg.batch_size * runtime.world_size
                     record = dict(epoch=epoch + 1, stage="head" if head_only else "all", train_loss=train_loss,
                                   lr=optimizer.param_groups[0]["lr"], seconds=seconds,
@@ -232,26 +227,27 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:  # noqa: C90
             print(f"interrupted: progress is saved in {checkpoint_path}; continue with --resume.", flush=True)
         raise
     if runtime.is_main:
-        _finish(cfg, model, head, splits, eval_loaders, last_logits, runtime, output, data_config)
+        final_sets = FinalSets(cfg, model, splits, data_config, val_images, ood_images, cache, runtime.device)
+        _finish(cfg, model, head, splits, final_sets, classifier, output, data_config)
     runtime.barrier()
     return output
 
 
-def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, eval_loaders: EvalLoaders, logits,
-            runtime: Runtime, output: Path, data_config: Dict[str, Any]) -> None:
-    """The deployment threshold (IsoMax models: accepts 95% of the validation images, saved in config.json),
-    the final OOD evaluation (``training/evaluation.json``) and the model folder."""
-    if logits is None or (eval_loaders.ood and not logits.ood):  # resumed after the last epoch: score once more
-        _, logits = evaluate_epoch(eval_loaders, cfg.ood_score, runtime.device, cfg.amp, with_ood=True)
-    threshold = fit_threshold(get_score(cfg.ood_score)(logits.val), TPR_LEVEL)
+def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, final_sets: FinalSets, classifier: nn.Module,
+            output: Path, data_config: Dict[str, Any]) -> None:
+    """The final evaluation (every score; the OOD score chosen on validation unless ``score`` is set; the feature
+    bank), the deployment threshold (IsoMax models: the chosen score's, accepting 95% of the validation images, saved
+    in config.json), ``training/evaluation.json`` and the model folder."""
+    evaluation, threshold = final_evaluation(final_sets, head, classifier, output)
+    evaluation.update(threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on, ood_split=cfg.ood_split)
     if isinstance(model, IsoMaxClassifier):
-        model.update_ood_config(threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on)
-    if eval_loaders.ood:
-        evaluation = final_evaluation(logits, HEAD_SCORES[head], head)
-        evaluation.update(score=cfg.ood_score, threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on,
-                          ood_split=cfg.ood_split)
-        write_json(output / TRAINING_DIR / EVALUATION_NAME, evaluation)
-        print("final evaluation (AUROC %, ID positive): " + ", ".join(
+        model.update_ood_config(score=evaluation["score"], threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on)
+    write_json(output / TRAINING_DIR / EVALUATION_NAME, evaluation)
+    chosen = evaluation["selection"]["aurocs"].get(evaluation["score"], {})
+    print(f"OOD score: {evaluation['score']} ({evaluation['chosen_by']}; validation AUROC "
+          + ", ".join(f"{name} {100 * value:.2f}" for name, value in chosen.items()) + ")")
+    if evaluation["metrics"] and any(evaluation["metrics"].values()):
+        print(f"final evaluation on {evaluation['id_split']} (AUROC %, ID positive): " + ", ".join(
             f"{score} {name} {100 * values['auroc']:.2f}" for score, per_set in evaluation["metrics"].items()
             for name, values in per_set.items()) + f"; accuracy {100 * evaluation['accuracy']:.2f}%")
     save_pretrained(model, output, label_names=splits.label_names, data_config=_export_data_config(model, data_config),

@@ -1,0 +1,146 @@
+"""The end of a run: every score of the head on the validation and test sets, the score chosen on validation only,
+its deployment threshold, and the feature bank saved beside the model.
+
+What each set is for:
+
+* ID validation (held out of the training data, or the dataset's validation split): the threshold, and the ID side
+  of the choice;
+* OOD validation: jigsaw puzzles of the ID validation images (:class:`~timm_isomax.selection.JigsawImages`) and the
+  ``ood_val_datasets`` (e.g. the validation part of a clean near set); never the test sets;
+* ID test (``test_split``; without it the validation split stands in, as before) against the ``ood_datasets``:
+  the metrics reported, for every score; nothing is chosen on them.
+"""
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..data import dataset_for_model, load_sample
+from ..detectors import Outputs, Scorer, candidate_scores, model_outputs
+from ..feature_scores import FeatureBank
+from ..metrics import TPR_LEVEL, ood_metrics
+from ..ood import fit_threshold
+from ..selection import JIGSAW_SET, JigsawImages, choose_score
+from .config import TrainConfig
+from .features import FeatureCache, frozen_parts
+
+__all__ = ["dataset_name", "FinalSets", "final_evaluation"]
+
+# Images per forward pass of the final evaluation (inference only: larger than a training batch).
+_EVAL_BATCH = 256
+
+
+def dataset_name(source: str) -> str:
+    """The name a dataset source gets in a run's records: its last path component (a view file without ``.json``)."""
+    name = source.rstrip("/").split("/")[-1]
+    return name[:-len(".json")] if name.endswith(".json") else name
+
+
+class FinalSets:
+    """The image datasets of the final evaluation, preprocessed for ``model``; with a frozen backbone they go
+    through its feature cache (inputs are then features)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, splits, data_config: Dict[str, Any],
+                 val_images: torch.utils.data.Dataset, ood_images: Dict[str, torch.utils.data.Dataset],
+                 cache: Optional[FeatureCache], device: torch.device):
+        self.cfg, self.model, self.splits, self.data_config = cfg, model, splits, data_config
+        self.val_images, self.ood_images, self.cache, self.device = val_images, ood_images, cache, device
+
+    def _load(self, source: str, split: str) -> torch.utils.data.Dataset:
+        rows = load_sample(source, split, self.cfg.val_limit, self.cfg.seed, self.cfg.subset)
+        return dataset_for_model(self.model, rows, data_config=self.data_config, skip_undecodable=True)
+
+    def test(self) -> Optional[torch.utils.data.Dataset]:
+        if self.cfg.test_split is None:
+            return None
+        rows = load_sample(self.cfg.dataset, self.cfg.test_split, self.cfg.val_limit, self.cfg.seed, self.cfg.subset)
+        columns = dict(image_column=self.splits.image_column, label_column=self.splits.label_column)
+        return dataset_for_model(self.model, rows, data_config=self.data_config, **columns)
+
+    def ood_val(self) -> Dict[str, torch.utils.data.Dataset]:
+        sets = {JIGSAW_SET: JigsawImages(self.val_images, seed=self.cfg.seed)}
+        sets.update({dataset_name(s): self._load(s, self.cfg.ood_val_split) for s in self.cfg.ood_val_datasets})
+        return sets
+
+    def train(self) -> torch.utils.data.Dataset:
+        # the training rows with the evaluation transform: what the bank's neighbours look like at inference
+        columns = dict(image_column=self.splits.image_column, label_column=self.splits.label_column)
+        return dataset_for_model(self.model, self.splits.train, data_config=self.data_config, **columns)
+
+
+def _feature_parts(model: nn.Module, frozen: bool, classifier: nn.Module) -> Tuple[Optional[Callable], nn.Module, bool]:
+    # (features_of, head, with_features): a frozen run's inputs are features already; a model whose logits are not
+    # one module on its pre-logits is scored on its logits alone
+    if frozen:
+        return None, classifier, True
+    try:
+        features_of, head = frozen_parts(model)
+    except ValueError:
+        return None, model, False
+    return features_of, head, True
+
+
+def _outputs(sets: FinalSets, features_of, head: nn.Module, dataset, name: str, with_features: bool) -> Outputs:
+    if sets.cache is not None:  # frozen backbone: the cache computes (or reads) the features
+        dataset = torch.utils.data.TensorDataset(*sets.cache.get(dataset, name, _EVAL_BATCH))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=_EVAL_BATCH, shuffle=False, num_workers=0)
+    return model_outputs(features_of, head, loader, sets.device, sets.cfg.amp, keep_features=with_features)
+
+
+def _accuracy(outputs: Outputs) -> float:
+    return (outputs.logits.argmax(1) == outputs.labels).double().mean().item()
+
+
+def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, output: Path) -> Tuple[Dict[str, Any], float]:
+    """Score everything, choose on validation, save the bank; returns the evaluation record (``metrics[score][ood]``
+    on the test sets, ``selection`` with the validation AUROCs) and the chosen score's threshold."""
+    cfg = sets.cfg
+    features_of, head, with_features = _feature_parts(sets.model, cfg.freeze_backbone, classifier)
+    run = lambda dataset, name: _outputs(sets, features_of, head, dataset, name, with_features)  # noqa: E731
+    val = run(sets.val_images, "val")
+    bank = None
+    if with_features and cfg.feature_bank:
+        train = run(sets.train(), "train")
+        bank = FeatureBank.build(train.features, train.labels, source=_bank_source(sets.splits), limit=cfg.bank_limit,
+                                 seed=cfg.seed)
+        bank.save(output)
+    scorer = Scorer(head if with_features else classifier, bank)
+    names, unavailable = [], {}
+    for name in candidate_scores(head_kind, with_features, bank is not None):
+        try:  # a post-hoc detector may not fit this bank (e.g. Mahalanobis with fewer rows than feature width)
+            scorer.score(name, val.features[:2] if val.features is not None else None, val.logits[:2])
+            names.append(name)
+        except ValueError as error:
+            unavailable[name] = str(error)
+            print(f"score {name} left out: {error}")
+    val_scores = scorer.scores(names, val.features, val.logits)
+    ood_val = {name: run(dataset, f"ood-val {name}") for name, dataset in sets.ood_val().items()}
+    selection = choose_score(val_scores, {name: scorer.scores(names, o.features, o.logits) for name, o in ood_val.items()})
+    chosen = cfg.score or selection.chosen
+    if chosen not in val_scores:
+        val_scores[chosen] = scorer.score(chosen, val.features, val.logits)
+    threshold = fit_threshold(val_scores[chosen], TPR_LEVEL)
+
+    test_set = sets.test()
+    test = run(test_set, "test") if test_set is not None else val
+    test_scores = scorer.scores(names, test.features, test.logits) if test_set is not None else val_scores
+    metrics: Dict[str, Dict[str, Any]] = {name: {} for name in names}
+    ood_counts = {}
+    for ood_name, dataset in sets.ood_images.items():
+        ood = run(dataset, ood_name)
+        ood_counts[ood_name] = len(ood.logits)
+        for name, values in scorer.scores(names, ood.features, ood.logits).items():
+            metrics[name][ood_name] = ood_metrics(test_scores[name], values)
+    evaluation = dict(
+        head=head_kind, accuracy=_accuracy(test), val_accuracy=_accuracy(val), val_images=len(val.logits),
+        test_images=len(test.logits), id_split=cfg.test_split or sets.splits.val_split, ood_images=ood_counts,
+        metrics=metrics, score=chosen, chosen_by="setting (--score)" if cfg.score else "validation",
+        selection=selection.to_json(), ood_val_images={name: len(o.logits) for name, o in ood_val.items()},
+        feature_bank=bank.describe() if bank is not None else None, unavailable_scores=unavailable)
+    return evaluation, threshold
+
+
+def _bank_source(splits) -> str:
+    # where the bank's rows come from, in the words of a threshold's fitted_on
+    return f"{splits.source}:{splits.train_split}" + (" (validation rows held out)" if splits.val_split == splits.train_split else "")

@@ -1,0 +1,85 @@
+"""Dataset views: a JSON file that names a split of a dataset, the classes to drop from it, and how to cut what
+remains into disjoint parts (e.g. an OOD validation part and an OOD test part). A view is a dataset source like
+any other: :func:`timm_isomax.data.load_image_dataset` returns its parts as splits.
+
+The view file (paths relative to the file itself)::
+
+    {"source": "../../../shared/data/tinyimagenet32", "split": "val",
+     "drop": {"n02123045": "tabby, tabby cat (CIFAR-10 cat)", ...},
+     "parts": {"val": 0.5, "test": 0.5}, "seed": 0, "description": "..."}
+
+Each kept class is cut by image into the parts, in the given shares, by a seeded permutation: the parts are
+disjoint, and each holds every kept class.
+"""
+import json
+from pathlib import Path
+from typing import Dict, List, Union
+
+import datasets
+import numpy as np
+
+__all__ = ["is_view", "load_view", "VIEW_KEYS"]
+
+VIEW_KEYS = ("source", "split", "drop", "parts", "seed", "description")
+
+
+def is_view(source: Union[str, Path]) -> bool:
+    """Whether ``source`` names a view file (an existing ``.json`` file)."""
+    path = Path(source)
+    return path.suffix == ".json" and path.is_file()
+
+
+def _problem(view: object) -> str:
+    if not isinstance(view, dict):
+        return "must hold a JSON object"
+    unknown, missing = set(view) - set(VIEW_KEYS), {"source", "split", "parts"} - set(view)
+    if unknown or missing:
+        return f"unknown keys {sorted(unknown)}, missing keys {sorted(missing)} (keys: {', '.join(VIEW_KEYS)})"
+    parts = view["parts"]
+    if (not isinstance(parts, dict) or not parts or any(not isinstance(v, (int, float)) or v <= 0 for v in parts.values())
+            or abs(sum(parts.values()) - 1) > 1e-9):
+        return f"'parts' must map part names to positive shares that add up to 1, got {parts!r}"
+    if not isinstance(view.get("drop", {}), dict):
+        return "'drop' must map the class names to drop to why they are dropped"
+    return ""
+
+
+def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
+    """The parts of the view file ``path`` as splits.
+
+    Example:
+        >>> near = load_view("benchmarks/ood_sets/tinyimagenet32_near.json")
+        >>> sorted(near), len(near["val"]) + len(near["test"])
+        (['test', 'val'], 8650)
+    """
+    from .data import column_values, find_columns, load_image_dataset
+
+    path = Path(path)
+    view = json.loads(path.read_text())
+    problem = _problem(view)
+    if problem:
+        raise ValueError(f"{path}: {problem}; fix the view file.")
+    source = (path.parent / view["source"]).resolve()
+    rows = load_image_dataset(str(source), split=view["split"])
+    _, label_column = find_columns(rows)
+    names = list(getattr(rows.features[label_column], "names", []) or [])
+    unknown = sorted(set(view.get("drop", {})) - set(names))
+    if unknown:
+        raise ValueError(f"{path}: 'drop' names classes that {source} ({view['split']}) does not have: "
+                         f"{', '.join(unknown[:5])}; its class names are its ClassLabel's.")
+    dropped = {names.index(name) for name in view.get("drop", {})}
+    by_class: Dict[int, List[int]] = {}
+    for index, label in enumerate(column_values(rows, label_column)):
+        if label not in dropped:
+            by_class.setdefault(label, []).append(index)
+    rng = np.random.default_rng(int(view.get("seed", 0)))
+    parts: Dict[str, List[int]] = {name: [] for name in view["parts"]}
+    shares = list(view["parts"].items())
+    for label in sorted(by_class):
+        order = rng.permutation(by_class[label])
+        start = 0
+        for position, (name, share) in enumerate(shares):
+            stop = len(order) if position == len(shares) - 1 else start + int(round(share * len(order)))
+            parts[name].extend(int(i) for i in order[start:stop])
+            start = stop
+    return datasets.DatasetDict({name: rows.select(sorted(indices)) for name, indices in parts.items()})

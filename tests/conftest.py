@@ -19,3 +19,22 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist" / "test.parquet").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set TIMM_ISOMAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+AKAMASTER_RESNET20 = "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"
+
+
+def prelogit_features(model, dataset: str, split: str, limit: int):
+    """(features, labels) of ``model``'s pre-logits on ``limit`` class-balanced images of a dataset split, in eval
+    mode, preprocessed with the model's own data config (grey sets read as 3-channel for an RGB model)."""
+    import torch
+
+    from timm_isomax.data import dataset_for_model
+
+    data = dataset_for_model(model, dataset, split=split, limit=limit)
+    features, labels = [], []
+    with torch.no_grad():
+        for images, targets in torch.utils.data.DataLoader(data, batch_size=250):
+            features.append(model.forward_head(model.forward_features(images), pre_logits=True))
+            labels.append(targets)
+    return torch.cat(features), torch.cat(labels)

@@ -11,22 +11,12 @@ from scipy.special import logsumexp
 
 from timm_isomax import posthoc
 from timm_isomax.conversion import load_softmax_model
-from timm_isomax.data import dataset_for_model
 from timm_isomax.metrics import auroc
 from timm_isomax.posthoc import POSTHOC_DETECTORS, fit_posthoc, vim_dimension
 
-AKAMASTER_RESNET20 = "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"
+from .conftest import AKAMASTER_RESNET20, prelogit_features as _features
+
 FIT_SIZE, TEST_SIZE, OOD_SIZE = 500, 300, 200
-
-
-def _features(model, dataset, split, limit):
-    data = dataset_for_model(model, dataset, split=split, limit=limit)
-    features, labels = [], []
-    with torch.no_grad():
-        for images, targets in torch.utils.data.DataLoader(data, batch_size=250):
-            features.append(model.forward_head(model.forward_features(images), pre_logits=True))
-            labels.append(targets)
-    return torch.cat(features), torch.cat(labels)
 
 
 @pytest.fixture(scope="module")

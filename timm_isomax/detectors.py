@@ -18,7 +18,7 @@ Three families, one convention (higher = more in-distribution, float64):
 """
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ from .feature_scores import FeatureBank, feature_norm, knn, norm_cosine
 from .scores import SCORES, get_score
 
 __all__ = ["LOGIT_SCORES", "FEATURE_SCORES", "KNN_KS", "POSTHOC_SCORES", "LINEAR_ONLY_SCORES", "Outputs",
-           "model_outputs", "candidate_scores", "is_score_name", "score_problem", "Scorer"]
+           "model_parts", "model_outputs", "candidate_scores", "is_score_name", "needs_features", "score_problem",
+           "Scorer"]
 
 # The logit scores each head is reported with (max_logit is mds for the IsoMax heads: one row; DisMax's max logit is
 # -(min d + mean d) / T, not a minimum distance, so it keeps its own name).
@@ -57,6 +58,25 @@ class Outputs:
     features: Optional[torch.Tensor]
     logits: torch.Tensor
     labels: torch.Tensor
+
+
+def model_parts(model: nn.Module) -> Tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``: the pre-logits and the IsoMax
+    head, or the pre-logits and a linear classifier (checked to be the whole head on the loaded weights). Else a
+    one-line ``ValueError`` saying why (e.g. a head that does more than one linear layer)."""
+    from .conversion import linear_classifier
+    from .model import IsoMaxClassifier
+
+    def features_of(images: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+    if isinstance(model, IsoMaxClassifier):
+        return features_of, model.head
+    classifier = model.get_classifier()
+    linear, reason = linear_classifier(model)
+    if linear is None or not isinstance(classifier, nn.Linear):
+        raise ValueError(f"{type(model).__name__}'s logits are not one linear layer on its pre-logits ({reason})")
+    return features_of, classifier
 
 
 @torch.no_grad()
@@ -89,6 +109,11 @@ def is_score_name(name: str) -> bool:
     """Whether ``name`` is a score of any family (``knn<k>`` for any k >= 1)."""
     return isinstance(name, str) and (name in SCORES or name in FEATURE_SCORES or name in POSTHOC_SCORES
                                       or _knn_k(name) is not None)
+
+
+def needs_features(name: str) -> bool:
+    """Whether score ``name`` reads the pre-logit features (every score but the logit scores)."""
+    return name not in SCORES
 
 
 def score_problem(name: str) -> Optional[str]:

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from .data import dataset_for_model, find_columns, load_sample
+from .detectors import Outputs, Scorer, candidate_scores, model_outputs, model_parts, needs_features, score_problem
 from .engine import predict
-from .train.config import HEAD_SCORES
+from .feature_scores import feature_bank_of
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
 from .model import IsoMaxClassifier
 from .registry import create_model
-from .scores import get_score
 
 __all__ = [
     "EvalSet",
@@ -39,6 +39,7 @@ __all__ = [
     "load_model",
     "default_score_names",
     "compute_logits",
+    "compute_outputs",
     "evaluate_model",
     "evaluate_models",
     "evaluate_conversion",
@@ -122,15 +123,27 @@ def load_model(name: str, pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
+def _has_features(model: nn.Module) -> bool:
+    try:
+        model_parts(model)
+    except ValueError:
+        return False
+    return True
+
+
 def default_score_names(model: nn.Module) -> List[str]:
-    """Every score the trainer reports for the model's head (:data:`timm_isomax.train.HEAD_SCORES`), the
-    model's own first for IsoMax models (``model.ood_config["score"]``, the one its threshold uses); for
-    SoftMax models the baselines (MSP, max logit, energy, entropy). All of them, because which score suits
-    which head is an open question the benchmark measures (docs/benchmarks.md), not one to hide here."""
+    """Every score the trainer reports for the model's head (:func:`timm_isomax.detectors.candidate_scores`): its
+    logit scores, the feature scores where its logits are one head on its pre-logits, and KNN and the post-hoc
+    detectors where a feature bank was saved beside it; the model's own first for IsoMax models
+    (``model.ood_config["score"]``, the one its threshold uses). All of them, because which score suits which head
+    is an open question the benchmark measures (docs/benchmarks.md), not one to hide here."""
+    head = model.head_type if isinstance(model, IsoMaxClassifier) else "softmax"
+    with_features = _has_features(model)
+    names = list(candidate_scores(head, with_features, with_features and feature_bank_of(model) is not None))
     if isinstance(model, IsoMaxClassifier):
         own = model.ood_config["score"]
-        return [own, *(score for score in HEAD_SCORES[model.head_type] if score != own)]
-    return list(HEAD_SCORES["softmax"])
+        return [own, *(score for score in names if score != own)]
+    return names
 
 
 def _image_digests(eval_set: EvalSet) -> set:
@@ -176,6 +189,21 @@ def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, d
 
         loader = tqdm(loader, desc=f"{eval_set.name} ({len(eval_set.dataset)} images)", unit="batch", leave=False)
     return predict(model.to(device), loader, device, amp=amp)
+
+
+def compute_outputs(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+                    amp: bool = False, workers: int = 0, progress: bool = False, with_features: bool = True) -> Outputs:
+    """The pre-logit features (where the model's logits are one head on them and ``with_features``), float32 logits
+    and labels (-1 = no label) of ``model`` on ``eval_set``, preprocessed with the model's own data config."""
+    device = torch.device(device)
+    if not (with_features and _has_features(model)):
+        logits, labels = compute_logits(model, eval_set, batch_size, device, amp, workers, progress)
+        return Outputs(None, logits, labels)
+    features_of, head = model_parts(model.to(device))
+    loader = torch.utils.data.DataLoader(dataset_for_model(model, eval_set.dataset), batch_size=batch_size,
+                                         num_workers=workers)
+    return model_outputs(features_of, head, loader, device, amp, progress,
+                         f"{eval_set.name} ({len(eval_set.dataset)} images)")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
@@ -227,13 +255,20 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
         >>> result.metrics["mds"]["notmnist"]["auroc"]
     """
     score_names = list(score_names or default_score_names(model))
-    score_fns = {score: get_score(score) for score in score_names}
     check_eval_sets(model, id_set, ood_sets)
-    kwargs = dict(batch_size=batch_size, device=device, amp=amp, workers=workers, progress=progress)
-    id_logits, id_labels = compute_logits(model, id_set, **kwargs)
-    ood_logits = {ood.name: compute_logits(model, ood, **kwargs)[0] for ood in ood_sets}
-    id_scores = {score: fn(id_logits).numpy() for score, fn in score_fns.items()}
-    ood_scores = {score: {ood: fn(logits).numpy() for ood, logits in ood_logits.items()} for score, fn in score_fns.items()}
+    with_features = any(needs_features(score) for score in score_names)
+    kwargs = dict(batch_size=batch_size, device=device, amp=amp, workers=workers, progress=progress,
+                  with_features=with_features)
+    id_outputs = compute_outputs(model, id_set, **kwargs)
+    ood_outputs = {ood.name: compute_outputs(model, ood, **kwargs) for ood in ood_sets}
+    head = model_parts(model)[1] if id_outputs.features is not None else model.get_classifier()
+    scorer = Scorer(head, feature_bank_of(model) if with_features else None)
+    id_logits, id_labels = id_outputs.logits, id_outputs.labels
+    id_scores = {score: values.numpy() for score, values in scorer.scores(score_names, id_outputs.features, id_logits).items()}
+    ood_scores = {score: {} for score in score_names}
+    for ood, outputs in ood_outputs.items():
+        for score, values in scorer.scores(score_names, outputs.features, outputs.logits).items():
+            ood_scores[score][ood] = values.numpy()
     is_isomax = isinstance(model, IsoMaxClassifier)
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     return ModelEvaluation(
@@ -263,7 +298,8 @@ def evaluate_models(model_names: Sequence[str], id_set: EvalSet, ood_sets: Seque
                     score_names: Optional[Sequence[str]] = None, **kwargs: Any) -> List[ModelEvaluation]:
     """Load and evaluate each model in turn (see :func:`evaluate_model` for ``kwargs``)."""
     for score in score_names or ():
-        get_score(score)  # fail on a misspelt score before loading anything
+        if score_problem(score):  # fail on a misspelt score before loading anything
+            raise ValueError(score_problem(score))
     names = {ood.name for ood in ood_sets}
     if len(names) < len(ood_sets) or MEAN_ROW in names:
         raise ValueError(f"OOD set names must be unique and not {MEAN_ROW!r}; got {[o.name for o in ood_sets]}.")

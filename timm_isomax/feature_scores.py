@@ -182,3 +182,34 @@ def knn(features: torch.Tensor, bank: FeatureBank, k: int = 50) -> torch.Tensor:
         tensor([0.], dtype=torch.float64)
     """
     return bank.kth_similarities(features, (k,))[k]
+
+
+def feature_bank_of(model: torch.nn.Module) -> Optional[FeatureBank]:
+    """The feature bank saved beside ``model``'s weights, or None: ``model.feature_bank`` if set; else the
+    ``feature_bank.safetensors`` of the folder (``local-dir:``) or Hub repo (``hf-hub:``, downloaded on first use) the
+    model was loaded from. Read once, then kept on the model.
+
+    Example:
+        >>> model = timm.create_model("local-dir:outputs/run", pretrained=True)
+        >>> feature_bank_of(model).describe()["rows"]
+        45000
+    """
+    if getattr(model, "feature_bank", None) is not None:
+        return model.feature_bank
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    bank = None
+    folder = Path(cfg["file"]) if cfg.get("file") else None
+    folder = folder if folder is None or folder.is_dir() else folder.parent  # local-dir: names the folder itself
+    if folder is not None and (folder / FEATURE_BANK_NAME).is_file():
+        bank = FeatureBank.load(folder)
+    elif cfg.get("hf_hub_id"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        repo, _, revision = cfg["hf_hub_id"].partition("@")
+        try:
+            bank = FeatureBank.load(hf_hub_download(repo, FEATURE_BANK_NAME, revision=revision or None))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            bank = None  # a repo without a bank, or one not in the cache while offline
+    model.feature_bank = bank
+    return bank

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import engine
+from .detectors import FEATURE_SCORES, Scorer, model_parts, needs_features, score_problem
+from .feature_scores import feature_bank_of
 from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
 from .scores import get_score
 
@@ -59,8 +60,26 @@ def _score_name(model: nn.Module, score: Optional[str]) -> str:
     name = score or _config_of(model).get("score")
     if name is None:
         raise ValueError(f"{type(model).__name__} has no ood_config (not an IsoMax model): pass score=..., e.g. 'msp'.")
-    get_score(name)  # validates the name
+    problem = score_problem(name)
+    if problem:
+        raise ValueError(problem)
     return name
+
+
+def _model_scores(model: nn.Module, batches, name: str, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, logits)`` of ``model`` over ``batches`` (image tensors): the logits alone for a logit score, else
+    the pre-logit features too, with the model's feature bank where the score reads one (:func:`feature_bank_of`)."""
+    model.eval()
+    if not needs_features(name):
+        with torch.no_grad():
+            logits = torch.cat([model(images.to(device)).float().cpu() for images in batches])
+        return get_score(name)(logits), logits
+    features_of, head = model_parts(model)
+    bank = feature_bank_of(model) if name not in FEATURE_SCORES else None
+    with torch.no_grad():
+        features = torch.cat([features_of(images.to(device)).float().cpu() for images in batches])
+        logits = head(features.to(device)).float().cpu()
+    return Scorer(head, bank).score(name, features, logits), logits
 
 
 def fit_ood_threshold(model: nn.Module, loader: torch.utils.data.DataLoader, tpr: float = TPR_LEVEL,
@@ -78,13 +97,13 @@ def fit_ood_threshold(model: nn.Module, loader: torch.utils.data.DataLoader, tpr
         raise ValueError(f"{type(model).__name__} has no ood_config to store a threshold in (not an IsoMax model): "
                          f"use fit_threshold(scores) and pass threshold= to is_ood / predict.")
     name = _score_name(model, score)
-    logits, _ = engine.predict(model, loader, torch.device(device))
-    threshold = fit_threshold(get_score(name)(logits), tpr)
+    scores, _ = _model_scores(model, (images for images, _ in loader), name, torch.device(device))
+    threshold = fit_threshold(scores, tpr)
     model.update_ood_config(score=name, threshold=threshold, tpr=tpr, fitted_on=fitted_on)
     return threshold
 
 
-def _logits(model: nn.Module, images: Images) -> torch.Tensor:
+def _batch(model: nn.Module, images: Images) -> torch.Tensor:
     if isinstance(images, Image.Image):
         images = [images]
     if not isinstance(images, torch.Tensor):
@@ -94,32 +113,32 @@ def _logits(model: nn.Module, images: Images) -> torch.Tensor:
         images = torch.stack([transform(image.convert(mode)) for image in images])
     elif images.ndim == 3:
         images = images.unsqueeze(0)
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        return model(images.to(device)).float().cpu()
+    return images
 
 
-def _scores_and_threshold(model: nn.Module, logits: torch.Tensor, score: Optional[str],
-                          threshold: Optional[float]) -> Tuple[torch.Tensor, float]:
+def _scores_and_logits(model: nn.Module, images: Images, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _model_scores(model, [_batch(model, images)], name, next(model.parameters()).device)
+
+
+def _threshold(model: nn.Module, name: str, threshold: Optional[float]) -> float:
     config = _config_of(model)
-    name = _score_name(model, score)
     if threshold is None:
         if config.get("threshold") is None:
             raise ValueError("no OOD threshold: fit one with fit_ood_threshold(model, id_val_loader) or pass threshold=.")
         if name != config.get("score"):
             raise ValueError(f"the stored threshold is for score {config.get('score')!r}, not {name!r}: pass threshold=.")
         threshold = config["threshold"]
-    return get_score(name)(logits), float(threshold)
+    return float(threshold)
 
 
 def ood_scores(model: nn.Module, images: Images, score: Optional[str] = None) -> torch.Tensor:
     """The OOD score (higher = more ID; the model's own unless ``score`` is given) of each image.
 
     ``images``: a preprocessed batch (N, C, H, W) or one image (C, H, W), or PIL images, which are
-    preprocessed with the model's timm data config. Puts the model in eval mode.
+    preprocessed with the model's timm data config. Puts the model in eval mode. Feature scores (e.g. ``knn50``,
+    ``norm_cosine``) read the pre-logit features, and KNN and the post-hoc detectors the model's feature bank.
     """
-    return get_score(_score_name(model, score))(_logits(model, images))
+    return _scores_and_logits(model, images, _score_name(model, score))[0]
 
 
 def is_ood(model: nn.Module, images: Images, threshold: Optional[float] = None, score: Optional[str] = None) -> torch.Tensor:
@@ -131,8 +150,9 @@ def is_ood(model: nn.Module, images: Images, threshold: Optional[float] = None, 
         >>> is_ood(model, batch)          # batch: (N, C, H, W), preprocessed
         tensor([False, True, ...])
     """
-    scores, threshold = _scores_and_threshold(model, _logits(model, images), score, threshold)
-    return scores < threshold
+    name = _score_name(model, score)
+    threshold = _threshold(model, name, threshold)
+    return _scores_and_logits(model, images, name)[0] < threshold
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,9 @@ def predict(model: nn.Module, images: Images, threshold: Optional[float] = None,
         >>> [p.label for p in predict(model, pil_images) if not p.is_ood]
         ['7', '2']
     """
-    logits = _logits(model, images)
-    scores, threshold = _scores_and_threshold(model, logits, score, threshold)
+    name = _score_name(model, score)
+    threshold = _threshold(model, name, threshold)
+    scores, logits = _scores_and_logits(model, images, name)
     names = label_names if label_names is not None else getattr(model, "pretrained_cfg", {}).get("label_names")
     indices = logits.argmax(dim=1).tolist()
     return [Prediction(index=i, label=str(names[i]) if names is not None and i < len(names) else None,

@@ -23,7 +23,7 @@ import torch
 
 import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
 from timm_isomax.evaluation import evaluate_models, format_table, load_eval_set, write_results
-from timm_isomax.scores import SCORES
+from timm_isomax.cli._args import score_name
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -36,8 +36,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ood-dataset", action="append", required=True, help="OOD dataset (repeatable; labels optional)")
     p.add_argument("--ood-split", action="append", default=None,
                    help="split of the OOD sets: once for all, or once per --ood-dataset (default: test)")
-    p.add_argument("--score", action="append", default=None, choices=sorted(SCORES),
-                   help="OOD score(s) to evaluate (repeatable; default: each model's own, see above)")
+    p.add_argument("--score", action="append", default=None, type=score_name,
+                   help="OOD score(s) to evaluate (repeatable; default: each model's own, see above): a logit score "
+                        "(msp, max_logit, energy, entropic, mds, mmls, mmles), a feature score (norm_cosine, "
+                        "feature_norm), knn<k> (e.g. knn50) or mahalanobis / vim / react / ash (these need the "
+                        "model's feature bank)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 elsewhere")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -40,7 +40,8 @@ import datasets
 
 from timm_isomax.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
 from timm_isomax.data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
-from timm_isomax.scores import SCORES
+from timm_isomax.cli._args import score_name
+from timm_isomax.feature_scores import DEFAULT_BANK_LIMIT
 from timm_isomax.train import HEADS, TrainConfig, train
 
 
@@ -70,8 +71,19 @@ def parse_args(argv=None) -> TrainConfig:
                    "as validation when there is no validation split (seeded by --seed)")
     g.add_argument("--image-column")
     g.add_argument("--label-column")
-    g.add_argument("--ood-dataset", dest="ood_datasets", action="append", default=[], help="OOD set for AUROC (repeatable)")
+    g.add_argument("--ood-dataset", dest="ood_datasets", action="append", default=[],
+                   help="OOD test set: its AUROC etc. for every score is reported, nothing is chosen on it (repeatable)")
     g.add_argument("--ood-split", default="test")
+    g.add_argument("--ood-val-dataset", dest="ood_val_datasets", action="append", default=[],
+                   help="OOD validation set (never one of the test sets): it chooses the OOD score, beside jigsaw "
+                        "puzzles of the validation images (repeatable)")
+    g.add_argument("--ood-val-split", default="val", help="split of the OOD validation sets (default: %(default)s)")
+    g.add_argument("--test-split", default=None,
+                   help="ID split the final evaluation reports against the OOD test sets (default: the validation split)")
+    g.add_argument("--no-feature-bank", dest="feature_bank", action="store_false",
+                   help="do not save the training features beside the model (KNN and the post-hoc detectors need them)")
+    g.add_argument("--bank-limit", type=int, default=DEFAULT_BANK_LIMIT,
+                   help="at most this many training rows in the feature bank (a class-stratified sample beyond it)")
     g.add_argument("--train-limit", type=int, help="use N training images (a class-balanced sample, see --subset)")
     g.add_argument("--val-limit", type=int, help="use N images of the validation and of each OOD set")
     g.add_argument("--subset", default=SUBSETS[0], choices=SUBSETS,
@@ -108,9 +120,10 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--dismax-fpr", action="store_true",
                    help="--head dismax only: fractional probability regularisation (half of each batch becomes "
                         "quadrant images of 4 images, targets 0.25 each; needs --batch-size >= 7)")
-    g.add_argument("--score", choices=sorted(SCORES), help="OOD score of the log and the threshold (default: msp for "
-                                                           "softmax, mds for isomaxplus, entropic for isomax, "
-                                                           "mmles for dismax)")
+    g.add_argument("--score", type=score_name,
+                   help="OOD score of the threshold and the model's ood_config (default: the one with the highest "
+                        "AUROC on validation: ID validation images against jigsaw puzzles of them and --ood-val-dataset; "
+                        "the log reads msp for softmax, mds for isomaxplus, entropic for isomax, mmles for dismax)")
     g.add_argument("--ood-eval-every", type=int, default=1, metavar="EPOCHS",
                    help="OOD AUROC in the log every EPOCHS epochs (0: only the final evaluation)")
     g.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 + grad scaling on CUDA (the head stays fp32)")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..conversion import linear_classifier
+from ..detectors import model_parts
 from ..engine import amp_dtype
 from .._io import atomic_write
 from ..model import IsoMaxClassifier
@@ -27,23 +27,14 @@ Extractor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def frozen_parts(model: nn.Module) -> Tuple[Extractor, nn.Module]:
-    """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``.
-
-    IsoMax models: the backbone's pre-logits and the IsoMax head. SoftMax models: the pre-logits and the
-    classifier, where the logits are checked to be that one linear layer on the pre-logits (else a
-    one-line ``ValueError``: a frozen backbone needs a head that is one module on cached features).
-    """
-    def features_of(images: torch.Tensor) -> torch.Tensor:
-        return model.forward_head(model.forward_features(images), pre_logits=True)
-
-    if isinstance(model, IsoMaxClassifier):
-        return features_of, model.head
-    classifier = model.get_classifier()
-    linear, reason = linear_classifier(model)
-    if linear is None or not isinstance(classifier, nn.Linear):
+    """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``
+    (:func:`timm_isomax.detectors.model_parts`); a model whose logits are not one module on its pre-logits is a
+    one-line ``ValueError``: a frozen backbone needs a head that is one module on cached features."""
+    try:
+        return model_parts(model)
+    except ValueError as error:
         raise ValueError(f"--freeze-backbone needs a model whose logits are one linear layer on its pre-logits; "
-                         f"{type(model).__name__}: {reason}. Train it without --freeze-backbone (or --head-epochs).")
-    return features_of, classifier
+                         f"{error}. Train it without --freeze-backbone (or --head-epochs).") from None
 
 
 def backbone_fingerprint(model: nn.Module, head: nn.Module) -> str:

@@ -40,10 +40,19 @@ def mnist_smoke(shared_data, tmp_path_factory):
 def test_mnist_smoke_trains_every_head_through_the_trainer(mnist_smoke):
     rows, run = mnist_smoke
     assert list(rows) == ["softmax", "isomax", "isomaxplus"] and run["ood_datasets"] == ["fashion_mnist", "notmnist"]
-    assert set(rows["softmax"]["metrics"]) == {"msp", "max_logit", "energy", "entropic"}
-    assert set(rows["isomaxplus"]["metrics"]) == {"mds", "entropic", "energy", "msp"}
+    # every score of the head: its logit scores, the feature scores, KNN on the bank, the post-hoc detectors
+    assert set(rows["softmax"]["metrics"]) == {"msp", "max_logit", "energy", "entropic", "norm_cosine", "feature_norm",
+                                               "knn10", "knn50", "knn200", "mahalanobis", "vim", "react", "ash"}
+    assert set(rows["isomaxplus"]["metrics"]) == {"mds", "entropic", "energy", "msp", "norm_cosine", "feature_norm",
+                                                  "knn10", "knn50", "knn200", "mahalanobis"}
     for row in rows.values():
         assert row["accuracy"] >= 0.85 and row["epochs"] == 2 and row["val_images"] == 1000
+        # validation is held out of the training split; the test split gives the accuracy and the OOD numbers
+        assert row["id_split"] == "test" and row["test_images"] == 1000 and "held out" in row["fitted_on"]
+        # the score was chosen on validation only: ID validation against jigsaw puzzles of it (no real OOD here)
+        assert row["chosen_by"] == "validation" and row["selection"]["sets"] == ["jigsaw"]
+        assert row["score"] == max(row["selection"]["aurocs"], key=lambda s: row["selection"]["aurocs"][s]["mean"])
+        assert row["feature_bank"]["rows"] == 2000 and row["feature_bank"]["width"] == 512
         assert row["throughput"] > 0  # measured side by side; its ratio is reported, not asserted (shared machine)
     # the isotropic heads detect these far OOD sets (random scores: 0.5); which head wins is the benchmark's
     # question (3 seeds), not this test's

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import tempfile
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from . import _timm_compat
 from ._io import atomic_write
+from .feature_scores import FEATURE_BANK_NAME, FeatureBank
 from .model import HEAD_TITLES, IsoMaxClassifier, ood_config_problem
 from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
@@ -488,11 +490,13 @@ def _snippet_prediction(has_threshold: bool) -> List[str]:
             "# these weights carry no OOD threshold: fit one on ID data with timm_isomax.fit_ood_threshold(model, loader)"]
 
 
-def render_model_card(config: "HubConfig") -> str:
+def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Path]] = None) -> str:
     """The model card (README.md with YAML front matter) of a published model, from its hub config.
 
     The front matter carries ``model-index`` (:func:`model_card_eval_results`) once the config is measured;
     the usage snippet runs as printed once the repo is on the Hub (``tests/test_hub_http.py`` runs it).
+    ``model_folder``: the measured model's folder, whose run record says how its OOD score was chosen and whose
+    feature bank the card describes.
 
     Example:
         >>> card = render_model_card(load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json"))
@@ -524,6 +528,7 @@ def render_model_card(config: "HubConfig") -> str:
         if metrics.get("threshold") is not None:
             lines += [f"Deployment threshold (config.json `isomax.threshold`): {metrics['threshold']:.6g}, accepting "
                       f"{_percent(metrics.get('threshold_tpr'))}% of {metrics.get('threshold_fitted_on')}.", ""]
+        lines += _score_and_bank_lines(model_folder)
         if metrics.get("temperature") not in (None, 1.0):
             lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
         lines += [f"Measured with `{metrics.get('command')}`.", ""]
@@ -533,11 +538,33 @@ def render_model_card(config: "HubConfig") -> str:
     return "\n".join(lines)
 
 
-def write_model_card(config: "HubConfig", folder: Union[str, Path]) -> Path:
+def write_model_card(config: "HubConfig", folder: Union[str, Path], model_folder: Optional[Union[str, Path]] = None) -> Path:
     """Write :func:`render_model_card` as ``folder/README.md`` (atomically); returns its path."""
     path = Path(folder) / CARD_NAME
-    atomic_write(path, lambda tmp: Path(tmp).write_text(render_model_card(config)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(render_model_card(config, model_folder)))
     return path
+
+
+def _score_and_bank_lines(model_folder: Optional[Union[str, Path]]) -> List[str]:
+    # how the model's OOD score was chosen (its run's validation AUROCs), and the feature bank that travels with it
+    if model_folder is None:
+        return []
+    lines = []
+    evaluation_path = Path(model_folder) / "training" / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
+    selection = evaluation.get("selection")
+    if selection:
+        ranked = sorted(selection["aurocs"].items(), key=lambda item: -item[1]["mean"])[:5]
+        how = ("set by `--score`" if evaluation.get("chosen_by", "").startswith("setting") else
+               f"chosen on validation data only: the {selection['criterion']} ({', '.join(selection['sets'])})")
+        lines += [f"OOD score `{evaluation['score']}`, {how}. Validation AUROC (mean over those sets), the best five: "
+                  + ", ".join(f"`{name}` {_percent(values['mean'])}" for name, values in ranked) + ".", ""]
+    if (Path(model_folder) / FEATURE_BANK_NAME).is_file():
+        bank = FeatureBank.load(model_folder).describe()
+        lines += [f"Feature bank: `{FEATURE_BANK_NAME}`, {bank['rows']} training features of width {bank['width']} "
+                  f"({bank['megabytes']} MB; from {bank['source']}), read by the `knn<k>` scores and the post-hoc "
+                  "detectors (`timm_isomax.feature_scores.feature_bank_of(model)` downloads it on first use).", ""]
+    return lines
 
 
 def _check_publishable(folder: Union[str, Path], config: "HubConfig") -> None:
@@ -570,8 +597,12 @@ def _write_repo_folder(folder: Union[str, Path], config: "HubConfig", out: Union
     save_pretrained(model, out, label_names=config.label_names or saved.get("label_names"),
                     isomax_metadata={"usage": IMPORT_HINT}, data_config=config.data_config, tag=config.tag,
                     provenance=provenance)
-    write_model_card(config, out)
-    return [out / CONFIG_NAME, out / WEIGHTS_NAME, out / CARD_NAME]
+    files = [out / CONFIG_NAME, out / WEIGHTS_NAME]
+    if (Path(folder) / FEATURE_BANK_NAME).is_file():  # KNN's neighbours and the post-hoc fits travel with the weights
+        shutil.copyfile(Path(folder) / FEATURE_BANK_NAME, out / FEATURE_BANK_NAME)
+        files.append(out / FEATURE_BANK_NAME)
+    write_model_card(config, out, model_folder=folder)
+    return [*files, out / CARD_NAME]
 
 
 # what a push writes; the Hub's own initial commit adds .gitattributes, which is no content of anyone's

@@ -19,7 +19,7 @@ from timm_isomax.views import load_view
 from .conftest import AKAMASTER_RESNET20, prelogit_features
 
 BANK_SIZE, QUERIES = 600, 200
-VIEW = "benchmarks/ood_sets/tinyimagenet32_near.json"
+VIEW = "benchmarks/views/tinyimagenet32_near.json"
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@ def smoke_version(protocol: BenchmarkProtocol) -> BenchmarkProtocol:
 
 
 # Dataset views (JSON files, timm_isomax.views) that protocols name, e.g. the clean near-OOD set of CIFAR-10.
-VIEWS_FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "ood_sets"
+VIEWS_FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "views"
 
 
 def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:

@@ -6,7 +6,7 @@ The OOD validation sets are never among the test sets. They are:
   ``grid x grid`` puzzle and shuffles the pieces (the jigsaw images of Block Selection, Yu et al., CVPR 2023):
   local statistics of the ID data, global structure of none of its classes;
 * where a protocol has one, a held-out part of a real OOD set (e.g. the validation part of the clean
-  TinyImageNet-32 near set, ``benchmarks/ood_sets/``), disjoint from its test part.
+  TinyImageNet-32 near set, ``benchmarks/views/``), disjoint from its test part.
 
 :func:`choose_score` takes the candidate with the highest mean AUROC over the OOD validation sets (ID positive);
 ties go to the earlier candidate, so a head's own paper score wins a tie.

@@ -1,12 +1,14 @@
 """Dataset views: a JSON file that names a split of a dataset, the classes to drop from it, and how to cut what
-remains into disjoint parts (e.g. an OOD validation part and an OOD test part). A view is a dataset source like
-any other: :func:`timm_isomax.data.load_image_dataset` returns its parts as splits.
+remains into disjoint parts (e.g. an OOD validation part and an OOD test part), optionally with other splits of the
+dataset passed through unchanged (``keep_splits``, e.g. the training split of an ID dataset whose test split is cut
+into validation and test halves). A view is a dataset source like any other:
+:func:`timm_isomax.data.load_image_dataset` returns its parts (and kept splits) as splits.
 
 The view file (paths relative to the file itself)::
 
     {"source": "../../../shared/data/tinyimagenet32", "split": "val",
      "drop": {"n02123045": "tabby, tabby cat (CIFAR-10 cat)", ...},
-     "parts": {"val": 0.5, "test": 0.5}, "seed": 0, "description": "..."}
+     "parts": {"val": 0.5, "test": 0.5}, "seed": 0, "keep_splits": [], "description": "..."}
 
 Each kept class is cut by image into the parts, in the given shares, by a seeded permutation: the parts are
 disjoint, and each holds every kept class.
@@ -20,7 +22,7 @@ import numpy as np
 
 __all__ = ["is_view", "load_view", "VIEW_KEYS"]
 
-VIEW_KEYS = ("source", "split", "drop", "parts", "seed", "description")
+VIEW_KEYS = ("source", "split", "drop", "parts", "seed", "keep_splits", "description")
 
 
 def is_view(source: Union[str, Path]) -> bool:
@@ -41,6 +43,9 @@ def _problem(view: object) -> str:
         return f"'parts' must map part names to positive shares that add up to 1, got {parts!r}"
     if not isinstance(view.get("drop", {}), dict):
         return "'drop' must map the class names to drop to why they are dropped"
+    kept = view.get("keep_splits", [])
+    if not isinstance(kept, list) or set(kept) & set(parts) or view["split"] in kept:
+        return f"'keep_splits' must list other splits of the source than the cut one and the parts' names, got {kept!r}"
     return ""
 
 
@@ -48,7 +53,7 @@ def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
     """The parts of the view file ``path`` as splits.
 
     Example:
-        >>> near = load_view("benchmarks/ood_sets/tinyimagenet32_near.json")
+        >>> near = load_view("benchmarks/views/tinyimagenet32_near.json")
         >>> sorted(near), len(near["val"]) + len(near["test"])
         (['test', 'val'], 8650)
     """
@@ -60,7 +65,11 @@ def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
     if problem:
         raise ValueError(f"{path}: {problem}; fix the view file.")
     source = (path.parent / view["source"]).resolve()
-    rows = load_image_dataset(str(source), split=view["split"])
+    splits = load_image_dataset(str(source))
+    missing = [name for name in (view["split"], *view.get("keep_splits", [])) if name not in splits]
+    if missing:
+        raise ValueError(f"{path}: {source} has no split {', '.join(map(repr, missing))}; its splits are {sorted(splits)}.")
+    rows = splits[view["split"]]
     _, label_column = find_columns(rows)
     names = list(getattr(rows.features[label_column], "names", []) or [])
     unknown = sorted(set(view.get("drop", {})) - set(names))
@@ -82,4 +91,5 @@ def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
             stop = len(order) if position == len(shares) - 1 else start + int(round(share * len(order)))
             parts[name].extend(int(i) for i in order[start:stop])
             start = stop
-    return datasets.DatasetDict({name: rows.select(sorted(indices)) for name, indices in parts.items()})
+    cut = {name: rows.select(sorted(indices)) for name, indices in parts.items()}
+    return datasets.DatasetDict({**{name: splits[name] for name in view.get("keep_splits", [])}, **cut})

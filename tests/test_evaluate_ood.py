@@ -1,5 +1,6 @@
 """`timm-isomax evaluate` end to end on real data: MNIST models against Fashion-MNIST and notMNIST."""
 import csv
+import importlib.util
 import json
 
 import datasets
@@ -12,8 +13,13 @@ from timm_isomax.metrics import METRIC_NAMES
 
 from .mnist_models import one_thread, trained_mnist_models
 
-SOFTMAX_SCORES = ["msp", "max_logit", "energy", "entropic"]
-ISOMAXPLUS_SCORES = ["mds", "entropic", "energy", "msp"]  # by default every score of the head, its own first
+# by default every score of the head, its own first: its logit scores, the feature scores, KNN on the feature bank
+# the trainer saved beside the model, and (with pytorch-ood) the post-hoc detectors fitted on that bank
+_POSTHOC = importlib.util.find_spec("pytorch_ood") is not None
+SOFTMAX_SCORES = (["msp", "max_logit", "energy", "entropic", "norm_cosine", "feature_norm", "knn10", "knn50", "knn200"]
+                  + (["mahalanobis", "vim", "react", "ash"] if _POSTHOC else []))
+ISOMAXPLUS_SCORES = (["mds", "entropic", "energy", "msp", "norm_cosine", "feature_norm", "knn10", "knn50", "knn200"]
+                     + (["mahalanobis"] if _POSTHOC else []))
 
 
 from timm_isomax.cli import evaluate as evaluate_ood  # noqa: E402

@@ -2,6 +2,7 @@
 MMLES / MMLS scores, the `<arch>_dismax` registry names, conversion, saving, calibration, the trainer and the
 benchmark's per-head settings. Formulas are computed independently here, in float64, from the paper's reference
 code (dlmacedo/distinction-maximization-loss, losses/dismax.py)."""
+import importlib.util
 import json
 import math
 import re
@@ -18,6 +19,8 @@ from timm_isomax.fpr import FractionalProbability, fractional_probability_batch
 from timm_isomax.scores import mmles, mmls
 
 from .mnist_models import one_thread
+
+POSTHOC = importlib.util.find_spec("pytorch_ood") is not None  # the post-hoc detectors' extra
 
 
 def reference_dismax_logits(features, prototypes, scale, temperature=1.0):
@@ -412,10 +415,21 @@ def test_a_dismax_fpr_run_trains_evaluates_and_saves(tmp_path):
     log = [json.loads(line) for line in (output / TRAINING_DIR / LOG_NAME).read_text().splitlines()]
     assert log[-1]["train_loss"] < log[0]["train_loss"] and log[-1]["distance_scale"] is not None
     evaluation = json.loads((output / TRAINING_DIR / EVALUATION_NAME).read_text())
-    assert evaluation["head"] == "dismax" and set(evaluation["metrics"]) == set(HEAD_SCORES["dismax"])
-    assert evaluation["score"] == "mmles" and evaluation["accuracy"] > 0.3
+    # every score of the head: its logit scores, the feature scores and KNN on the bank; Mahalanobis needs more
+    # training features than the feature width (512) plus classes, more than this run's bank holds: left out, saying why
+    assert evaluation["head"] == "dismax" and set(evaluation["metrics"]) == {
+        *HEAD_SCORES["dismax"], "norm_cosine", "feature_norm", "knn10", "knn50", "knn200"}
+    assert set(evaluation["unavailable_scores"]) == ({"mahalanobis"} if POSTHOC else set())
+    assert all("more training features than feature width" in why for why in evaluation["unavailable_scores"].values())
+    assert evaluation["feature_bank"]["rows"] < 512 + 10 and evaluation["feature_bank"]["width"] == 512
+    # no --score: the score is the one with the best mean validation AUROC (ID validation against its jigsaw puzzles)
+    selection = evaluation["selection"]
+    assert evaluation["chosen_by"] == "validation" and selection["sets"] == ["jigsaw"]
+    assert set(selection["aurocs"]) == set(evaluation["metrics"])
+    assert evaluation["score"] == max(selection["aurocs"], key=lambda name: selection["aurocs"][name]["mean"])
+    assert evaluation["accuracy"] > 0.3
     config = json.loads((output / "config.json").read_text())
-    assert config["architecture"] == "resnet10t_dismax" and config["isomax"]["score"] == "mmles"
+    assert config["architecture"] == "resnet10t_dismax" and config["isomax"]["score"] == evaluation["score"]
     assert config["isomax"]["threshold"] == evaluation["threshold"]
     loaded = timm.create_model(f"local-dir:{output}", pretrained=True)
     assert isinstance(loaded.head, DisMaxHead)

@@ -1,5 +1,6 @@
 """The one trainer for every head: a SoftMax run gives a plain timm folder, frozen-backbone runs train on
 cached features exactly as head-only runs over the backbone do, and wrong combinations are one-line errors."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
 from .test_finetune import FINETUNE, REPO
 
+POSTHOC = importlib.util.find_spec("pytorch_ood") is not None  # the post-hoc detectors' extra
 DIGITS = dict(dataset="sklearn-digits", img_size=32, augmentation="none", workers=0, progress=False, batch_size=32)
 
 
@@ -28,8 +30,18 @@ def test_a_softmax_run_is_a_plain_timm_folder_that_timm_loads_without_timm_isoma
     config = json.loads((output / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and "isomax" not in config and config["num_classes"] == 10
     evaluation = json.loads((output / TRAINING_DIR / EVALUATION_NAME).read_text())
-    assert evaluation["head"] == "softmax" and set(evaluation["metrics"]) == {"msp", "max_logit", "energy", "entropic"}
-    assert evaluation["score"] == "msp" and evaluation["threshold"] is not None
+    # every score of a linear head: its logit scores, the feature scores, KNN on the bank and (with pytorch-ood)
+    # the post-hoc detectors, ViM, ReAct and ASH included
+    assert evaluation["head"] == "softmax" and set(evaluation["metrics"]) == {
+        "msp", "max_logit", "energy", "entropic", "norm_cosine", "feature_norm", "knn10", "knn50", "knn200",
+        *(("mahalanobis", "vim", "react", "ash") if POSTHOC else ())}
+    assert evaluation["unavailable_scores"] == {} and evaluation["feature_bank"]["width"] == 512
+    assert (output / "feature_bank.safetensors").is_file()
+    # no --score: the score with the best mean validation AUROC, its threshold fitted on the validation images
+    selection = evaluation["selection"]
+    assert evaluation["chosen_by"] == "validation" and set(selection["aurocs"]) == set(evaluation["metrics"])
+    assert evaluation["score"] == max(selection["aurocs"], key=lambda name: selection["aurocs"][name]["mean"])
+    assert evaluation["threshold"] is not None
     probe = ("import sys, timm, torch, safetensors.torch as st\n"
              f"m = timm.create_model('local-dir:{output}', pretrained=True).eval()\n"
              "assert 'timm_isomax' not in sys.modules, 'timm_isomax was imported'\n"
@@ -69,7 +81,13 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     assert "features of 0 set(s) computed, 2 read from" in again.stdout
     resized = train(TrainConfig(**dict(common, img_size=40, epochs=1), freeze_backbone=True,
                                 feature_cache=str(tmp_path / "cache"), output=str(tmp_path / "resized")))
-    assert resized.exists() and len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
+    # per image size: the training rows, the validation rows and the jigsaw puzzles of the validation rows (the
+    # final evaluation's OOD validation set); its training rows for the bank (no augmentation) are the training key
+    cached_sets = []
+    for path in (tmp_path / "cache").glob("*.safetensors"):
+        with safetensors.safe_open(str(path), "pt") as handle:
+            cached_sets.append(handle.metadata()["set"])
+    assert resized.exists() and sorted(cached_sets) == ["ood-val jigsaw", "ood-val jigsaw", "train", "train", "val", "val"]
 
 
 @pytest.mark.parametrize("extra, message", [

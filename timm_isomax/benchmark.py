@@ -51,7 +51,7 @@ from .engine import interleaved_medians
 from .metrics import METRIC_NAMES
 from .model import HEAD_TITLES
 from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
-from .train.final import dataset_name
+from .views import dataset_name
 from .train.state import write_json
 
 __all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "heads_problem", "run_protocol", "load_runs", "summarize",

@@ -30,6 +30,7 @@ from .feature_scores import feature_bank_of
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
 from .model import IsoMaxClassifier
 from .registry import create_model
+from .views import dataset_name
 
 __all__ = [
     "EvalSet",
@@ -91,12 +92,7 @@ def load_eval_set(source: str, split: str = "test", limit: Optional[int] = None,
     Example:
         >>> ood = load_eval_set("../shared/data/notmnist", "test", limit=500)
     """
-    return EvalSet(name or _dataset_name(source), source, split, load_sample(source, split, limit, seed, subset))
-
-
-def _dataset_name(source: str) -> str:
-    # "../shared/data/mnist" -> "mnist", "x/test.parquet" -> "test", "org/name" (Hub id) -> "name"
-    return Path(source.rstrip("/")).name.removesuffix(".parquet") or source
+    return EvalSet(name or dataset_name(source), source, split, load_sample(source, split, limit, seed, subset))
 
 
 def resolve_model_name(name: str) -> str:
@@ -254,6 +250,7 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
         >>> result = evaluate_model(model, id_set, [ood_set])
         >>> result.metrics["mds"]["notmnist"]["auroc"]
     """
+    chosen_names = bool(score_names)
     score_names = list(score_names or default_score_names(model))
     check_eval_sets(model, id_set, ood_sets)
     with_features = any(needs_features(score) for score in score_names)
@@ -264,6 +261,8 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
     head = model_parts(model)[1] if id_outputs.features is not None else model.get_classifier()
     scorer = Scorer(head, feature_bank_of(model) if with_features else None)
     id_logits, id_labels = id_outputs.logits, id_outputs.labels
+    if not chosen_names:  # the defaults: every score that fits this model's bank, as the trainer's final evaluation
+        score_names = _fitting_scores(scorer, score_names, id_outputs)
     id_scores = {score: values.numpy() for score, values in scorer.scores(score_names, id_outputs.features, id_logits).items()}
     ood_scores = {score: {} for score in score_names}
     for ood, outputs in ood_outputs.items():
@@ -285,6 +284,19 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
         # no OOD set (e.g. an ImageNet model here): accuracy only
         metrics={score: ood_metrics_table(id_scores[score], ood_scores[score]) for score in score_names} if ood_sets else {},
     )
+
+
+def _fitting_scores(scorer: Scorer, names: Sequence[str], outputs: Outputs) -> List[str]:
+    # a post-hoc detector may not fit the bank (e.g. Mahalanobis with fewer rows than feature width plus classes):
+    # left out of the defaults with a warning; a score asked for by name still fails with its reason
+    fitting = []
+    for name in names:
+        try:
+            scorer.score(name, outputs.features[:2] if outputs.features is not None else None, outputs.logits[:2])
+            fitting.append(name)
+        except ValueError as error:
+            warnings.warn(f"score {name} left out: {error}", stacklevel=3)
+    return fitting
 
 
 def _display_names(model_names: Sequence[str]) -> List[str]:

@@ -120,10 +120,19 @@ def save_plots(evaluations: Sequence, id_name: str, ood_names: Sequence[str], ou
     return paths
 
 
+def _one_bar_per_head(summary: Sequence[dict]) -> List[dict]:
+    # a protocol whose runs chose a score on validation shows that choice per head (a dozen scores per head would
+    # make bars no one can read); older protocols show every score, as their tables do
+    chosen = {e["protocol"] for e in summary if e["score"] == "chosen"}
+    return [e for e in summary if e["protocol"] not in chosen or e["score"] == "chosen"]
+
+
 def plot_benchmark(summary: Sequence[dict], path: Union[str, Path]) -> Path:
     """Grouped bars of AUROC (mean over seeds, error bar = standard deviation), one group per protocol and
     OOD set, one bar per model and score, ID accuracy in the legend; ``summary`` from
-    :func:`timm_isomax.benchmark.summarize`. Returns the PNG path."""
+    :func:`timm_isomax.benchmark.summarize`. Where the runs chose their score on validation, each head is drawn with
+    that choice only (every score is in the tables). Returns the PNG path."""
+    summary = _one_bar_per_head(summary)
     groups = list(dict.fromkeys((e["protocol"], ood) for e in summary for ood in e["ood_datasets"]))
     labels = list(dict.fromkeys(e["label"] for e in summary))
     width = 0.8 / len(labels)
@@ -141,7 +150,7 @@ def plot_benchmark(summary: Sequence[dict], path: Union[str, Path]) -> Path:
     ax.set_ylim(max(0.0, 5 * math.floor(lowest / 5) - 5), 100.5)
     ax.set_xticks(range(len(groups)), [f"{protocol}\nvs {ood}" for protocol, ood in groups])
     ax.set_ylabel("AUROC % (ID positive), mean ± std over seeds")
-    ax.set_title("OOD detection: same backbone, recipe and seeds; SoftMax scores vs IsoMax and IsoMax+")
+    ax.set_title("OOD detection: same backbone, recipe and seeds; each head with its validation-chosen score")
     ax.grid(axis="y", alpha=0.3)
     figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     return _save(figure, path)

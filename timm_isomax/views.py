@@ -20,9 +20,23 @@ from typing import Dict, List, Union
 import datasets
 import numpy as np
 
-__all__ = ["is_view", "load_view", "VIEW_KEYS"]
+__all__ = ["is_view", "load_view", "dataset_name", "VIEW_KEYS"]
 
 VIEW_KEYS = ("source", "split", "drop", "parts", "seed", "keep_splits", "description")
+
+
+def dataset_name(source: str) -> str:
+    """The name a dataset source goes by in every record and table: its last path component, without ``.parquet`` or
+    a view's ``.json`` (a Hub id ``org/name`` gives ``name``).
+
+    Example:
+        >>> dataset_name("benchmarks/views/tinyimagenet32_near.json"), dataset_name("../shared/data/mnist/")
+        ('tinyimagenet32_near', 'mnist')
+    """
+    name = Path(source.rstrip("/")).name
+    for suffix in (".parquet", ".json"):
+        name = name.removesuffix(suffix)
+    return name or source
 
 
 def is_view(source: Union[str, Path]) -> bool:

@@ -22,19 +22,14 @@ from ..feature_scores import FeatureBank
 from ..metrics import TPR_LEVEL, ood_metrics
 from ..ood import fit_threshold
 from ..selection import JIGSAW_SET, JigsawImages, choose_score
+from ..views import dataset_name
 from .config import TrainConfig
 from .features import FeatureCache, frozen_parts
 
-__all__ = ["dataset_name", "FinalSets", "final_evaluation"]
+__all__ = ["FinalSets", "final_evaluation"]
 
 # Images per forward pass of the final evaluation (inference only: larger than a training batch).
 _EVAL_BATCH = 256
-
-
-def dataset_name(source: str) -> str:
-    """The name a dataset source gets in a run's records: its last path component (a view file without ``.json``)."""
-    name = source.rstrip("/").split("/")[-1]
-    return name[:-len(".json")] if name.endswith(".json") else name
 
 
 class FinalSets:

@@ -16,7 +16,8 @@ from ..model import IsoMaxClassifier
 from .config import TrainConfig
 from .evaluate import EvalLoaders, evaluate_epoch
 from .features import FeatureCache
-from .final import FinalSets, dataset_name, final_evaluation
+from ..views import dataset_name
+from .final import FinalSets, final_evaluation
 from .loop import EpochProgress, train_epoch
 from .optim import classifier_of, make_optimization
 from .rng import PerImageSeeds, SkipFirst, epoch_seed, rng_states, seed_everything, set_rng_states

@@ -1,4 +1,5 @@
 """A small _isomaxplus model trained by the trainer on real data reaches a stated accuracy and detects OOD inputs."""
+import importlib.util
 import json
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 
 from timm_isomax import auroc
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
+
+POSTHOC = importlib.util.find_spec("pytorch_ood") is not None  # the post-hoc detectors' extra
 
 
 @pytest.mark.slow
@@ -23,4 +26,15 @@ def test_isomaxplus_on_mnist_detects_fashion_mnist_and_notmnist(shared_data, tmp
     aurocs = {name: row["metrics"]["mds"][name]["auroc"] for name in ("fashion_mnist", "notmnist")}
     assert row["accuracy"] >= 0.94, (row["accuracy"], aurocs)
     assert all(value >= 0.88 > random_auroc + 0.3 for value in aurocs.values()), (row["accuracy"], aurocs)
-    assert set(row["metrics"]) == {"mds", "entropic", "energy", "msp"}  # every score of the head
+    # every score of the head: its logit scores, the feature scores, KNN on the bank of the 5000 training features
+    # saved beside the model and (with pytorch-ood) Mahalanobis fitted on it
+    assert set(row["metrics"]) == {"mds", "entropic", "energy", "msp", "norm_cosine", "feature_norm", "knn10", "knn50",
+                                   "knn200", *(("mahalanobis",) if POSTHOC else ())}
+    assert row["unavailable_scores"] == {} and (row["feature_bank"]["rows"], row["feature_bank"]["width"]) == (5000, 512)
+    # no score set: chosen on validation only (ID validation against its jigsaw puzzles), never on the OOD test sets
+    selection = row["selection"]
+    assert row["chosen_by"] == "validation" and selection["sets"] == ["jigsaw"]
+    assert set(selection["aurocs"]) == set(row["metrics"])
+    assert row["score"] == max(selection["aurocs"], key=lambda name: selection["aurocs"][name]["mean"])
+    # no test_split: the validation images (held out of the training split) stand in for the test split
+    assert row["id_split"] == "train" and row["test_images"] == 1000

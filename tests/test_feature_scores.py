@@ -138,3 +138,16 @@ def test_clean_near_view_drops_cifar_classes_and_cuts_disjoint_parts(shared_data
     assert not digest(val) & digest(test)  # disjoint by image
     assert len(digest(val) | digest(test)) == len(raw) - 27 * 50
     assert load_image_dataset(VIEW, split="test")[0]["label"] == test[0]["label"]  # a view is a dataset source
+
+
+def test_a_view_can_cut_an_id_test_split_into_validation_and_test_halves_and_keep_the_train_split(shared_data):
+    # Protocol A's ID data: its checkpoint saw every training image, so validation comes from half the test split
+    from timm_isomax.data import load_labelled_splits
+
+    halves = load_image_dataset("benchmarks/views/cifar10_test_halves.json")
+    assert sorted(halves) == ["test", "train", "val"] and len(halves["train"]) == 50_000
+    assert len(halves["val"]) == len(halves["test"]) == 5_000
+    for part in ("val", "test"):
+        assert np.bincount(column_values(halves[part], "label")).tolist() == [500] * 10
+    splits = load_labelled_splits("benchmarks/views/cifar10_test_halves.json", train_limit=10, val_limit=10)
+    assert splits.val_split == "val" and splits.train_split == "train"

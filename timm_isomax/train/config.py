@@ -55,6 +55,12 @@ class TrainConfig:
     ``crop_padding``, random crop, flip: the CIFAR recipe) or ``none``.
     ``ood_eval_every``: epochs between OOD AUROCs in the log (0: only the final evaluation, which always runs
     when ``ood_datasets`` are given and writes every score's metrics to ``training/evaluation.json``).
+    ``score``: the OOD score of the threshold and of an IsoMax model's ``ood_config``; None: the one with the best
+    mean AUROC of the ID validation images against the OOD validation sets (jigsaw puzzles of them, and
+    ``ood_val_datasets`` read from ``ood_val_split``), among every score of the head (:mod:`timm_isomax.train.final`).
+    ``test_split``: the ID split the final evaluation reports against ``ood_datasets`` (None: the validation split).
+    ``feature_bank``: save the training features beside the model (``feature_bank.safetensors``, at most
+    ``bank_limit`` rows) for KNN and the post-hoc detectors.
     ``train_limit`` / ``val_limit`` (the latter also for the OOD sets): ``subset`` picks the rows, a
     class-balanced sample seeded by ``seed`` or the first rows. Without ``val_split`` and without a
     ``validation`` / ``val`` split, ``val_fraction`` of each class of the training split is held out.

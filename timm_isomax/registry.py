@@ -292,14 +292,17 @@ def _create_isomax_model(
     # hf-hub:/local-dir:, or an overlay with its own file/url) is read and judged by its keys.
     hub_config = _HUB_CONFIGS.get(f"{variant}.{cfg.tag}")
     isomax_tag = hub_config is not None
-    if pretrained and isomax_tag and not hub_config.is_published and pretrained_cfg_overlay is None:
+    # A cfg given whole (a local-dir: folder, an hf-hub: repo) or an overlay with a file/url brings its own
+    # weights, whatever its tag says: a reproduction saved under a shipped config's tag is no unpublished tag.
+    own_weights = not (pretrained_cfg is None or isinstance(pretrained_cfg, str)) or any(
+        (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
+    )
+    if pretrained and isomax_tag and not hub_config.is_published and not own_weights:
         raise FileNotFoundError(
             f"{hub_config.name} has no published weights yet: its hub config ({hub_config.path}) records no push to "
             f"{hub_config.repo_id}. Train them with `timm-isomax reproduce {hub_config.path}` and load "
             f"timm.create_model('local-dir:{hub_config.source_checkpoint}', pretrained=True), or pass pretrained=False.")
-    registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not isomax_tag and not any(
-        (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
-    )
+    registry_weights = not own_weights and not isomax_tag
     features_only = kwargs.pop("features_only", False)
     feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
 

@@ -1,6 +1,7 @@
 """`timm-isomax evaluate` end to end on real data: MNIST models against Fashion-MNIST and notMNIST."""
 import csv
 import json
+import sys
 
 import datasets
 import pytest
@@ -98,6 +99,19 @@ def test_bad_input_gives_one_line_errors(models, shared_data, tmp_path, capsys):
         assert run(argv + ["--limit", 10, "--output", tmp_path / "out"]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error and error.startswith("error: ")
+
+
+def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_path, capsys, monkeypatch):
+    # a plain `pip install timm-isomax` has no matplotlib (an extra): plots are on by default
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    code = run(["--model", "resnet10t_isomaxplus", "--no-pretrained", "--id-dataset", shared_data / "mnist",
+                "--ood-dataset", shared_data / "notmnist", "--score", "mds", "--limit", 20, "--no-progress",
+                "--output", tmp_path])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    notes = [line for line in printed.err.splitlines() if "matplotlib" in line]
+    assert len(notes) == 1 and "pip install 'timm-isomax[plots]'" in notes[0]
+    assert (tmp_path / "results.json").exists() and not list(tmp_path.glob("*.png"))
 
 
 def test_model_folders_and_channel_counts_are_resolved(models):

@@ -23,6 +23,7 @@ import torch
 
 import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
 from timm_isomax.evaluation import evaluate_models, format_table, load_eval_set, write_results
+from timm_isomax.plots import plots_unavailable, save_plots  # matplotlib is imported only when a plot is drawn
 from timm_isomax.scores import SCORES
 
 
@@ -60,6 +61,10 @@ def _ood_splits(args: argparse.Namespace) -> List[str]:
 
 def run(args: argparse.Namespace) -> None:
     datasets.disable_progress_bars()
+    # asked before the evaluation: a missing optional extra is said at once, not after the tables
+    plots_note = None if args.no_plots else plots_unavailable()
+    if plots_note:
+        print(f"note: {plots_note}; --no-plots silences this.", file=sys.stderr)
     id_set = load_eval_set(args.id_dataset, args.id_split, args.limit)
     ood_sets = [load_eval_set(source, split, args.limit) for source, split in zip(args.ood_dataset, _ood_splits(args))]
     evaluations = evaluate_models(args.model, id_set, ood_sets, pretrained=args.pretrained, score_names=args.score,
@@ -67,9 +72,7 @@ def run(args: argparse.Namespace) -> None:
                                   progress=args.progress)
     print(format_table(evaluations, id_set, ood_sets))
     paths = write_results(evaluations, id_set, ood_sets, args.output, settings=vars(args))
-    if not args.no_plots:
-        from timm_isomax.plots import save_plots  # matplotlib only when plotting
-
+    if not args.no_plots and not plots_note:
         paths += save_plots(evaluations, id_set.name, [s.name for s in ood_sets], args.output)
     print("wrote " + ", ".join(str(p) for p in paths))
 

@@ -2,10 +2,13 @@
 import csv
 import json
 import sys
+import warnings
 
 import datasets
+import numpy as np
 import pytest
 import timm
+from PIL import Image
 
 from timm_isomax.data import model_data_config
 from timm_isomax.evaluation import resolve_model_name
@@ -99,6 +102,33 @@ def test_bad_input_gives_one_line_errors(models, shared_data, tmp_path, capsys):
         assert run(argv + ["--limit", 10, "--output", tmp_path / "out"]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error and error.startswith("error: ")
+
+
+def _image_folder(folder, images):
+    """An image folder of ``images`` ({file name: uint8 array}), half in class a/, half in class b/."""
+    for index, (name, pixels) in enumerate(sorted(images.items())):
+        (folder / "ab"[index % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / "ab"[index % 2] / name)
+    return str(folder)
+
+
+def test_the_overlap_warning_compares_the_images_of_image_folders(tmp_path):
+    # image-folder rows keep only a path (no bytes): the digests must come from the files themselves
+    from timm_isomax.evaluation import check_eval_sets, load_eval_set
+
+    rng = np.random.default_rng(0)
+    images = {f"{i}.png": rng.integers(0, 256, (8, 8), dtype=np.uint8) for i in range(16)}
+    id_images = dict(list(images.items())[:10])
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=2, in_chans=1)
+    id_set = load_eval_set(_image_folder(tmp_path / "id", id_images), "train")
+    disjoint = load_eval_set(_image_folder(tmp_path / "other", dict(list(images.items())[10:])), "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all: the sets share nothing
+        assert check_eval_sets(model, id_set, [disjoint]) == []
+    sharing = {**dict(list(id_images.items())[:4]), **dict(list(images.items())[10:])}
+    overlapping = load_eval_set(_image_folder(tmp_path / "overlap", sharing), "train")
+    with pytest.warns(UserWarning, match="shares 4 images with the ID set"):
+        check_eval_sets(model, id_set, [overlapping])
 
 
 def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_path, capsys, monkeypatch):

@@ -5,11 +5,12 @@
 image folder; or ``"sklearn-digits"``, scikit-learn's bundled 8x8 handwritten digits, real data that
 ``pip`` installs, so everything here runs on a machine without network or shared data.
 """
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import datasets
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "check_labels",
     "convert_image",
     "undecodable_rows",
+    "image_digests",
     "drop_undecodable_images",
     "ImageDataset",
     "materialize",
@@ -290,6 +292,41 @@ def undecodable_rows(dataset: datasets.Dataset, image_column: str) -> Dict[int, 
             if problem:
                 problems[start + offset] = problem
     return problems
+
+
+def _encoded_image(value: Any) -> Optional[bytes]:
+    """The encoded file of an undecoded ``datasets.Image`` value: its bytes, or the file at its path (image
+    folders keep only paths); None where neither is at hand."""
+    if value is None:
+        return None
+    if value.get("bytes") is not None:
+        return value["bytes"]
+    path = value.get("path")
+    return Path(path).read_bytes() if path and Path(path).is_file() else None
+
+
+def image_digests(dataset: datasets.Dataset, image_column: str) -> Set[str]:
+    """SHA-1 digests of the images of ``image_column``, to find the images two sets share.
+
+    Hashes each image's content: its encoded bytes, the file at its path where the dataset keeps only paths
+    (an image folder), or its decoded pixels where neither can be read; rows without an image are left out.
+    """
+    _check_column(dataset, image_column, "image")
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
+    digests: Set[str] = set()
+    for start in range(0, len(raw), _SCAN_BATCH):
+        for offset, value in enumerate(raw[start:start + _SCAN_BATCH][image_column]):
+            content = _encoded_image(value)
+            if content is None and value is not None and value.get("path"):
+                # a path datasets resolves itself (e.g. inside an archive): the pixels are what is compared
+                try:
+                    pixels = np.asarray(dataset[start + offset][image_column])
+                except Exception:  # an undecodable image cannot be compared; the loaders name those
+                    continue
+                content = f"{pixels.shape}{pixels.dtype}".encode() + pixels.tobytes()
+            if content is not None:
+                digests.add(hashlib.sha1(content).hexdigest())
+    return digests
 
 
 def drop_undecodable_images(dataset: datasets.Dataset, image_column: str, name: str = "the dataset"

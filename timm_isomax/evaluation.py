@@ -11,7 +11,6 @@ Example:
     >>> print(format_table(results, id_set, ood_sets))
 """
 import csv
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import dataset_for_model, find_columns, load_sample
+from .data import dataset_for_model, find_columns, image_digests, load_sample
 from .engine import predict
 from .train.config import HEAD_SCORES
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
@@ -134,9 +133,7 @@ def default_score_names(model: nn.Module) -> List[str]:
 
 
 def _image_digests(eval_set: EvalSet) -> set:
-    column = find_columns(eval_set.dataset)[0]
-    raw = eval_set.dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    return {hashlib.sha1(row[column]["bytes"] or b"").hexdigest() for row in raw if row[column] is not None}
+    return image_digests(eval_set.dataset, find_columns(eval_set.dataset)[0])
 
 
 def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> List[str]:

@@ -113,6 +113,26 @@ def test_a_folder_trained_with_another_recipe_is_never_measured_for_the_card(mea
     assert measured.path.read_bytes() == before and not (folder / "README.md").read_text().count("epochs: 3")
 
 
+def test_check_elsewhere_than_beside_the_data_is_an_error_naming_the_relative_paths(measured, capsys, tmp_path,
+                                                                                       monkeypatch):
+    # the shipped configs name ../shared/data/...: relative to the repository root, where reproduce runs
+    relative = {"mnist": "../shared/data/mnist", "notmnist": "../shared/data/notmnist"}
+    config = load_hub_config(write_hub_config(dataclasses.replace(
+        measured, dataset=dict(measured.dataset, path=relative["mnist"]),
+        ood_datasets=[dict(measured.ood_datasets[0], path=relative["notmnist"])],
+        finetune_args=[*RECIPE, "--dataset", relative["mnist"], "--output", measured.source_checkpoint])))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for extra in ([], ["--evaluate-only"]):
+        code = reproduce.main([str(config.path), "--check", *extra])  # was: exit 1, "numbers differ"
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "../shared/data/mnist, ../shared/data/notmnist" in err and str(elsewhere) in err
+        assert "relative to the folder reproduce runs in" in err and "run it from the repository root" in err
+    assert not Path(f"{measured.source_checkpoint}.check").exists()  # nothing trained
+
+
 def test_check_options_are_checked(measured, capsys):
     assert reproduce.main([str(measured.path), "--tolerance", "1"]) == 2
     assert "only apply with --check" in capsys.readouterr().err

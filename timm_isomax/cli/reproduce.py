@@ -52,7 +52,29 @@ def train(config: HubConfig, resume: bool = False, output: Optional[str] = None)
     print("timm-isomax finetune " + shlex.join(args))
     code = finetune_main(args)
     if code:
-        raise SystemExit(f"error: fine-tuning failed (exit code {code}); fix the recipe in {config.path} or pass --resume.")
+        # an error (exit 2 from main), never exit 1: that says "numbers differ" to `reproduce --check`
+        raise ValueError(f"fine-tuning failed (exit code {code}, its error above); fix the recipe in {config.path}, "
+                         f"or pass --resume if the run was interrupted.")
+
+
+def _is_local_path(source: str) -> bool:
+    # "../shared/data/mnist", "/data/x", "x/test.parquet": paths; "org/name" or "mnist" may be Hub dataset ids
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".parquet")
+
+
+def check_data(config: HubConfig) -> None:
+    """One-line ``FileNotFoundError`` unless every local dataset path of the config (its evaluation sets and
+    its recipe's ``--dataset`` / ``--ood-dataset``) exists. Relative paths are relative to the folder this runs
+    in (the repository root, with ``../shared/data`` beside it), so run elsewhere they all miss: said here,
+    before any training, rather than as a failed run or a "differ" from ``--check``."""
+    recipe = finetune_settings(list(config.finetune_args))
+    sources = [config.dataset["path"], *(d["path"] for d in config.ood_datasets), recipe.dataset, *recipe.ood_datasets]
+    missing = [source for source in dict.fromkeys(sources) if _is_local_path(source) and not Path(source).expanduser().exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{config.path} names datasets that are not here: {', '.join(missing)} (looked for {Path(missing[0]).resolve()}); "
+            f"its dataset paths are relative to the folder reproduce runs in ({Path.cwd()}): run it from the "
+            f"repository root, with the data at ../shared/data beside it.")
 
 
 def check_recipe(config: HubConfig, folder: Union[str, Path]) -> None:
@@ -163,6 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.tolerance is not None and not args.tolerance >= 0:
             raise ValueError(f"--tolerance must be a number of points >= 0, got {args.tolerance}.")
         config = load_hub_config(args.hub_config)
+        check_data(config)
         if args.check:
             return check(config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
         if not args.evaluate_only:

@@ -1,5 +1,6 @@
 """Every setting of a training run, checked when the config is made (before any data or model loads)."""
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -153,6 +154,9 @@ class TrainConfig:
                 return f"{name} must be a positive number of images, got {getattr(self, name)} (leave it out for all)."
         if self.in_chans is not None and self.in_chans not in (1, 3):
             return f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}."
+        normalisation_problem = self._normalisation_problem()
+        if normalisation_problem:
+            return normalisation_problem
         if self.score is not None and self.score not in SCORES:
             return f"unknown OOD score {self.score!r}; choose one of {', '.join(sorted(SCORES))}."
         if self.head == "softmax":
@@ -186,6 +190,24 @@ class TrainConfig:
             return "feature_cache holds a frozen backbone's features: it needs --freeze-backbone."
         if self.from_scratch and (self.checkpoint or self.freeze_backbone):
             return "--from-scratch starts from random weights: drop --checkpoint / --freeze-backbone."
+        return None
+
+    def _normalisation_problem(self) -> Optional[str]:
+        # timm's transforms assert on a channel mismatch and torchvision's Normalize divides by std: both fail
+        # late, after the data and model load, with a bare AssertionError or a long traceback
+        chans = self.in_chans or 3  # a model's own input is RGB unless --in-chans says otherwise
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            shown = " ".join(f"{v:g}" for v in values)
+            if len(values) not in (1, chans):
+                expected = "1 value (--in-chans 1)" if chans == 1 else f"1 value (for every channel) or {chans}, one per input channel"
+                return (f"--{name} needs {expected}, got {len(values)} ({shown})"
+                        + ("." if self.in_chans else "; for a grey model add --in-chans 1."))
+            if not all(math.isfinite(v) for v in values) or (name == "std" and not all(v > 0 for v in values)):
+                return f"--{name} values must be finite" + (" and > 0 (each channel is divided by its std)" if name == "std"
+                                                            else "") + f", got {shown}."
         return None
 
     @property

@@ -129,6 +129,23 @@ def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path
         tdata.find_columns(mnist.cast_column("label", datasets.Value("string")), label_column="label")
 
 
+def test_plain_integer_labels_with_gaps_warn_naming_the_missing_classes(mnist, tmp_path):
+    # no ClassLabel: the class count is the largest label + 1, so {0..7, 15} makes 16 classes, 7 never seen
+    int_labels = mnist.cast_column("label", datasets.Value("int64"))
+    assert sorted(set(int_labels["label"])) == [0, 1, 2, 3, 4, 5, 6, 7, 9]  # the first 20 MNIST test rows: no 8
+    gaps = int_labels.map(lambda row: {"label": 15 if row["label"] == 9 else row["label"]})
+    with pytest.warns(UserWarning, match=r"up to 15, so the model gets 16 classes, but 7 of them never occur in "
+                                         r"split 'train' \(8, 9, 10, 11, 12, 13, 14\) .*remap the labels to 0..8 "
+                                         r"\(dataset.class_encode_column\('label'\)"):
+        splits = _finetune_data(tmp_path / "gaps", gaps, gaps)
+    assert splits.num_classes == 16
+    contiguous = int_labels.map(lambda row: {"label": 8 if row["label"] == 9 else row["label"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no gap, or classes named by a ClassLabel: nothing to say
+        assert _finetune_data(tmp_path / "contiguous", contiguous, contiguous).num_classes == 9
+        assert _finetune_data(tmp_path / "named", mnist, mnist).num_classes == 10
+
+
 def test_limits_take_a_seeded_class_balanced_sample_and_say_so(mnist, tmp_path):
     by_class = mnist.sort("label")  # like an image folder: rows sorted by class
     with warnings.catch_warnings():

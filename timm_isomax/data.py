@@ -735,6 +735,8 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
         val = all_splits[val_split]
         find_columns(val, image_column, label_column)  # the validation split needs the same columns
     train_rows, val_rows = len(train), len(val)
+    # the classes the whole training split has (a limit may leave some out: that is warned about below)
+    present = {y for y in column_values(train, label_column) if y is not None}
     train = sample_rows(train, train_limit, seed, label_column, subset)
     val = sample_rows(val, val_limit, seed, label_column, subset)  # only these rows are evaluated: only they are checked
     for name, split in ((train_split, train), (val_split, val)):
@@ -742,6 +744,15 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
             raise ValueError(f"split {name!r} of dataset {source!r} is empty; choose another split or dataset.")
     num_classes = class_count(train, label_column)
     label_names = list(getattr(train.features[label_column], "names", [])) or None
+    missing = [c for c in range(num_classes) if c not in present]
+    if label_names is None and missing:
+        # plain integer labels count classes up to the largest: a gap ({0..8, 15}) is classes that never train
+        shown = ", ".join(str(c) for c in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        warnings.warn(f"{source!r}: its labels are plain integers (no ClassLabel) up to {num_classes - 1}, so the model "
+                      f"gets {num_classes} classes, but {len(missing)} of them never occur in split {train_split!r} "
+                      f"({shown}) and would never train; remap the labels to 0..{len(present) - 1} "
+                      f"(dataset.class_encode_column({label_column!r}) does), or cast the column to a ClassLabel "
+                      f"naming every class if the empty ones are meant.", stacklevel=2)
     if subset == "first" and len(train) < train_rows:
         present = len({y for y in column_values(train, label_column) if y is not None})
         if present < num_classes:  # e.g. an image folder, whose rows come sorted by class

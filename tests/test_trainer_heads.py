@@ -86,6 +86,11 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     (["--mean", "0.5", "0.5"], "--mean needs 1 value (for every channel) or 3, one per input channel, got 2 (0.5 0.5)"),
     (["--in-chans", "1", "--std", "0.2", "0.2", "0.2"], "--std needs 1 value (--in-chans 1), got 3 (0.2 0.2 0.2)."),
     (["--std", "0", "0", "0"], "--std values must be finite and > 0 (each channel is divided by its std), got 0 0 0"),
+    (["--sched", "cosin"], "unknown scheduler 'cosin'; did you mean cosine?"),
+    (["--sched", "plateau"], "--sched plateau cannot drive this run (timm: Plateau LR only supports step per epoch)"),
+    (["--workers", "-1"], "workers must be >= 0"),
+    (["--train-limit", "5"], "train_limit 5 makes no full batch of 64"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
 ])
 def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path, capsys):
     # in-process: the CLI's main is what `timm-isomax finetune` runs (the subprocess tests cover the entry point)
@@ -95,7 +100,17 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
     code, stderr = finetune_main(args), capsys.readouterr().err
     assert code == 2 and message in stderr, stderr[-1500:]
     assert stderr.strip().count("\n") == 0
-    assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
+
+
+def test_a_run_refused_after_taking_the_folder_leaves_no_lock_behind(tmp_path, capsys):
+    # the dataset is read under the folder's lock: its refusal must not leave training/lock (or empty folders)
+    code = finetune_main(["--model", "resnet10t", "--dataset", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
+    assert code == 2 and "could not load dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before stays
+    assert finetune_main(["--model", "resnet10t", "--dataset", str(tmp_path / "missing"), "--output", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_an_output_that_is_a_file_is_one_line(tmp_path, capsys):

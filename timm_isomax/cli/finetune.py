@@ -98,7 +98,7 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--head-weight-decay", type=float, help="weight decay of the classifier / IsoMax head's parameters "
                                                           "(prototypes and distance scale too); default: timm's groups")
-    g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, plateau, ...)")
+    g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, multistep, poly, ...)")
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")

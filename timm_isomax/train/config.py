@@ -45,6 +45,40 @@ def _optimizer_problem(name: str) -> Optional[str]:
             + " (timm.optim.list_optimizers() lists them).")
 
 
+# The names timm's scheduler factory may take (it keeps no list): each is asked of the installed timm before
+# it is offered as a suggestion.
+_SCHEDULER_NAMES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
+
+
+def _scheduler_error(name: str, epochs: int, warmup_epochs: int, min_lr: float) -> Optional[str]:
+    """What timm's scheduler factory says to ``name`` for a run like this one (stepped per update, as the trainer
+    steps it), or None; a throwaway optimizer stands in for the model's."""
+    import timm.scheduler
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    try:
+        timm.scheduler.create_scheduler_v2(optimizer, sched=name, num_epochs=epochs, warmup_epochs=warmup_epochs,
+                                           min_lr=min_lr, step_on_epochs=False, updates_per_epoch=1)
+    except Exception as error:  # timm raises ValueError for unknown names, AssertionError for plateau, ...
+        return (str(error).splitlines() or [type(error).__name__])[0].rstrip(".")
+    return None
+
+
+def _scheduler_problem(name: str, epochs: int, warmup_epochs: int, min_lr: float) -> Optional[str]:
+    import difflib
+
+    error = _scheduler_error(name, epochs, warmup_epochs, min_lr)
+    if error is None:
+        return None
+    if not error.startswith("Unknown scheduler"):
+        return f"--sched {name} cannot drive this run (timm: {error}); the trainer steps the schedule every update."
+    known = [n for n in _SCHEDULER_NAMES if _scheduler_error(n, 10, 0, 0.0) is None]
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    return (f"unknown scheduler {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" (the trainer can use timm's {', '.join(known)}).")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run; the ``timm-isomax finetune`` flags map onto these fields.
@@ -141,7 +175,15 @@ class TrainConfig:
             return "checkpoint_every and ood_eval_every must be >= 0 (0: at epoch ends only / at the end only)."
         if self.img_size is not None and self.img_size < 1:
             return f"img_size must be a positive number of pixels, got {self.img_size} (leave it out for the model's own)."
-        optimizer_problem = _optimizer_problem(self.opt)
+        if not math.isfinite(self.lr):
+            return f"lr must be a finite number, got {self.lr}."
+        if self.workers < 0:
+            return f"workers must be >= 0 (0 loads the data in the main process), got {self.workers}."
+        if self.train_limit is not None and 0 < self.train_limit < self.batch_size:
+            return (f"train_limit {self.train_limit} makes no full batch of {self.batch_size} (the trainer drops "
+                    f"incomplete batches); raise --train-limit or lower --batch-size.")
+        optimizer_problem = _optimizer_problem(self.opt) or _scheduler_problem(self.sched, self.epochs,
+                                                                               self.warmup_epochs, self.min_lr)
         if optimizer_problem:
             return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:

@@ -3,7 +3,7 @@
 Layout of an output folder: ``config.json`` + ``model.safetensors`` (the model, written at the end),
 ``training/checkpoint.pt`` (the resumable state, atomic), ``training/log.jsonl`` (one line per epoch),
 ``training/config.json`` (the run's settings), ``training/evaluation.json`` (the final OOD evaluation),
-``training/lock`` (held while a run writes the folder).
+``training/lock`` (held while a run writes the folder, removed when it ends).
 """
 import json
 from pathlib import Path

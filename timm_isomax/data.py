@@ -59,13 +59,37 @@ def _sklearn_digits(seed: int = 0, test_fraction: float = 0.3) -> datasets.Datas
     return datasets.DatasetDict(train=split["train"], test=split["test"])
 
 
+def _parquet_files(path: Path) -> List[Path]:
+    return [path] if path.is_file() else sorted(path.glob("*.parquet"))
+
+
+def _is_image_folder(path: Path) -> bool:
+    """Whether a local dataset path is read as an image folder (no Parquet files, no ``save_to_disk`` folder)."""
+    return path.is_dir() and not _parquet_files(path) and not (
+        (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists())
+
+
+def _empty_parquet(path: Path) -> Optional[Path]:
+    """The first Parquet file of a local dataset path that holds 0 rows (``datasets`` fails on it with
+    "corresponds to no data" or a DatasetGenerationError), or None."""
+    import pyarrow.parquet as pq
+
+    for file in _parquet_files(path):
+        try:
+            if pq.read_metadata(str(file)).num_rows == 0:
+                return file
+        except Exception:  # a damaged file: the reader names it below
+            continue
+    return None
+
+
 def _load_local(path: Path, cache_dir: Optional[str]) -> datasets.DatasetDict:
     if path.is_file():
         return datasets.load_dataset("parquet", data_files={path.stem: str(path)}, cache_dir=cache_dir)
     if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
-    parquet_files = sorted(path.glob("*.parquet"))
+    parquet_files = _parquet_files(path)
     if parquet_files:
         return datasets.load_dataset("parquet", data_files={p.stem: str(p) for p in parquet_files}, cache_dir=cache_dir)
     return datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
@@ -92,6 +116,10 @@ def load_image_dataset(
     elif Path(source).exists():
         if Path(source).is_file() and Path(source).suffix != ".parquet":
             raise ValueError(f"{source}: a dataset file must be Parquet (.parquet); for images use their folder.")
+        empty = _empty_parquet(Path(source))
+        if empty is not None:
+            raise ValueError(f"{empty} has 0 rows: there are no images in it; fill it, or point at a file or folder "
+                             f"with data.")
         try:
             splits = _load_local(Path(source), cache_dir)
         except Exception as error:  # datasets' readers raise IndexError, ArrowInvalid, ValueError ... on damaged or empty files
@@ -721,6 +749,10 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
         for name in ("label", "labels"):
             if name in train.features:  # a label column of the wrong type: say so, not "no label column"
                 _check_column(train, name, "label")
+        if _is_image_folder(Path(source)):  # datasets labels an image folder by its sub-folders only
+            raise ValueError(f"{source} is an image folder whose images are not in class sub-folders: training needs "
+                             f"one sub-folder per class, two or more ({source}/<class>/<image>, or "
+                             f"{source}/<split>/<class>/<image>).")
         raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'; its columns: "
                          f"{_column_types(train)}); "
                          f"training needs labels: pass label_column (--label-column).")

@@ -8,7 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from timm_isomax.cli.finetune import main as finetune_main
+from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.provenance import recorded_provenance, weights_sha256
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
@@ -168,6 +168,19 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     assert history["started_from"]["weights_sha256"] == weights_sha256(tmp_path / "run" / "model.safetensors")
 
 
+def test_resuming_an_unfinished_run_with_other_settings_names_a_way_that_works(tmp_path, capsys):
+    # an interrupted run: a checkpoint and its settings, no model folder yet (no top-level config.json)
+    args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--output", str(tmp_path / "run")]
+    training = tmp_path / "run" / TRAINING_DIR
+    training.mkdir(parents=True)
+    (training / "checkpoint.pt").write_bytes(b"not read: the settings are compared first")
+    (training / "config.json").write_text(json.dumps(finetune_settings(args).to_json()))
+    assert finetune_main([*args, "--resume", "--lr", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert "holds an unfinished run made with other settings (lr: 0.01 -> 0.5)" in error and error.count("\n") == 1
+    assert "local-dir:" not in error and "start over with the new settings in another --output" in error
+
+
 @pytest.mark.slow
 def test_two_runs_side_by_side_on_different_folders_both_finish(tmp_path):
     args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--img-size", "32", "--no-aug",
@@ -210,7 +223,7 @@ def test_a_nan_in_epoch_2_keeps_epoch_1s_checkpoint_and_resume_ends_as_an_uninte
     state = read_resume_state(output / TRAINING_DIR / CHECKPOINT_NAME)
     assert state["epoch"] == 1 and not state.get("step_in_epoch")  # epoch 1's checkpoint, not a diverged one
     assert not (output / "model.safetensors").exists()
-    monkeypatch.setattr(trainer, "make_optimization", make_optimization)  # "after fixing it, --resume"
+    monkeypatch.setattr(trainer, "make_optimization", make_optimization)  # the cause lay outside the settings
     train(TrainConfig(**settings, output=str(output), resume=True))
     resumed, expected = _weights(output), _weights(uninterrupted)
     assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)

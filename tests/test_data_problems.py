@@ -100,11 +100,13 @@ def test_dataset_for_model_and_materialize_on_damaged_and_empty_data(mnist):
     assert tdata.materialize(no_labels).tensors[1].tolist() == [-1, -1]  # documented: unlabelled rows give -1
 
 
-def _finetune_data(tmp_path, train, test, **overrides):
-    folder = tmp_path / "data"  # the layout of ../shared/data: one Parquet file per split
-    for name, split in (("train", train), ("test", test)):
+def _finetune_data(tmp_path, train, test, second_split="test", **overrides):
+    """The splits of a folder of ``train.parquet`` and ``<second_split>.parquet`` (the layout of ../shared/data),
+    validating on the second one unless ``overrides`` say otherwise (on 'test': a warning says so)."""
+    folder = tmp_path / "data"
+    for name, split in (("train", train), (second_split, test)):
         split.to_parquet(str(folder / f"{name}.parquet"))
-    return tdata.load_labelled_splits(str(folder), **{"val_split": "test", **overrides})
+    return tdata.load_labelled_splits(str(folder), **{"val_split": second_split, **overrides})
 
 
 def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path):
@@ -142,8 +144,8 @@ def test_plain_integer_labels_with_gaps_warn_naming_the_missing_classes(mnist, t
     contiguous = int_labels.map(lambda row: {"label": 8 if row["label"] == 9 else row["label"]})
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no gap, or classes named by a ClassLabel: nothing to say
-        assert _finetune_data(tmp_path / "contiguous", contiguous, contiguous).num_classes == 9
-        assert _finetune_data(tmp_path / "named", mnist, mnist).num_classes == 10
+        assert _finetune_data(tmp_path / "contiguous", contiguous, contiguous, "validation").num_classes == 9
+        assert _finetune_data(tmp_path / "named", mnist, mnist, "validation").num_classes == 10
 
 
 def test_empty_parquet_and_unsorted_image_folders_name_the_real_cause(mnist, tmp_path):
@@ -166,16 +168,34 @@ def test_empty_parquet_and_unsorted_image_folders_name_the_real_cause(mnist, tmp
     assert "--label-column" not in str(error.value)
 
 
+def test_validation_on_the_test_data_warns_and_is_recorded(mnist, tmp_path):
+    with pytest.warns(UserWarning, match=r"validation is the 'test' split, so the deployment threshold and the "
+                                         r"monitoring see the test data"):
+        named = _finetune_data(tmp_path / "named", mnist, mnist)  # --val-split test
+    assert named.identity()["val_is_test"] == "validation is the 'test' split"
+    folder = tmp_path / "copied"  # a validation file that is a copy of the test file
+    for name in ("train", "validation", "test"):
+        mnist.to_parquet(str(folder / f"{name}.parquet"))
+    with pytest.warns(UserWarning, match=r"validation split 'validation' holds 20 of the 20 images of the 'test' split"):
+        copied = tdata.load_labelled_splits(str(folder))  # picks 'validation' by itself
+    assert "holds 20 of the 20" in copied.identity()["val_is_test"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a validation split of its own, or a share of train: silent
+        own = _finetune_data(tmp_path / "own", mnist, mnist.select(range(10)), "validation")
+        held = _finetune_data(tmp_path / "held", mnist, mnist, val_split=None, val_fraction=0.5)
+    assert "val_is_test" not in own.identity() and "val_is_test" not in held.identity()
+
+
 def test_limits_take_a_seeded_class_balanced_sample_and_say_so(mnist, tmp_path):
     by_class = mnist.sort("label")  # like an image folder: rows sorted by class
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing to warn about: every class is there
-        splits = _finetune_data(tmp_path / "balanced", by_class, by_class, train_limit=10, val_limit=5, seed=3)
+        splits = _finetune_data(tmp_path / "balanced", by_class, by_class, "validation", train_limit=10, val_limit=5, seed=3)
     counts = collections.Counter(splits.train["label"])
     assert len(splits.train) == 10 and max(counts.values()) - min(counts.values()) <= 1 and len(counts) == len(set(mnist["label"]))
     assert len(set(splits.val["label"])) == 5  # 5 rows, 5 classes
     assert splits.selection.startswith("train: 10 of 20 rows, class-balanced (seed 3); validation: 5 of 20 rows")
-    assert splits.fitted_on.endswith(":test[5 class-balanced, seed 3]")
+    assert splits.fitted_on.endswith(":validation[5 class-balanced, seed 3]")
     again = _finetune_data(tmp_path / "again", by_class, by_class, train_limit=10, seed=3)
     other = _finetune_data(tmp_path / "other", by_class, by_class, train_limit=10, seed=4)
     assert list(again.train["image"]) == list(splits.train["image"]) != list(other.train["image"])

@@ -131,6 +131,24 @@ def test_the_overlap_warning_compares_the_images_of_image_folders(tmp_path):
         check_eval_sets(model, id_set, [overlapping])
 
 
+def test_evaluating_on_the_split_the_threshold_was_fitted_on_warns(shared_data):
+    from timm_isomax.evaluation import check_eval_sets, load_eval_set
+
+    mnist = load_eval_set(str(shared_data / "mnist"), "test", limit=20)
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1)
+    for fitted_on, warns in ((f"{shared_data / 'mnist'}:test[500 class-balanced, seed 0]", True),  # --val-split test
+                             (f"{shared_data / 'mnist'}:train[held out 0.1, seed 0]", False),
+                             (f"{shared_data / 'fashion_mnist'}:test", False)):
+        model.update_ood_config(threshold=-1.0, tpr=0.95, fitted_on=fitted_on)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_eval_sets(model, mnist, [])
+        messages = [str(w.message) for w in caught if "threshold was fitted on" in str(w.message)]
+        assert len(messages) == warns, (fitted_on, messages)
+        if warns:
+            assert "the ID set mnist itself (it validated on its test data)" in messages[0]
+
+
 def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_path, capsys, monkeypatch):
     # a plain `pip install timm-isomax` has no matplotlib (an extra): plots are on by default
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError

@@ -195,6 +195,17 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
     assert "print(p.label, p.score, p.is_ood)" in body  # a threshold is recorded: the snippet flags OOD images
 
 
+def test_a_card_says_when_validation_was_the_test_data(saved, tmp_path):
+    config = _test_config(saved[1], tmp_path)
+    assert "Validation data:" not in render_model_card(config)  # the recipe holds out its own validation
+    named = dataclasses.replace(config, finetune_args=[*config.finetune_args, "--val-split", "test"])
+    assert ("Validation data: validation is the 'test' split (--val-split test), so the deployment threshold and the "
+            "monitoring during training saw the test data") in render_model_card(named)
+    copied = "validation split 'validation' holds 100 of the 100 images of the 'test' split"  # the trainer's record
+    recorded = dataclasses.replace(config, metrics=dict(config.metrics, validation_is_test=copied))
+    assert f"Validation data: {copied}, so" in render_model_card(recorded)
+
+
 def test_a_dismax_hub_config_gets_a_dismax_card_and_other_suffixes_are_refused(saved, tmp_path):
     config = _test_config(saved[1], tmp_path)
     path = tmp_path / "dismax.json"

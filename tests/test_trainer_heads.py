@@ -168,6 +168,15 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     assert history["started_from"]["weights_sha256"] == weights_sha256(tmp_path / "run" / "model.safetensors")
 
 
+def test_validating_on_the_test_split_warns_and_is_recorded_in_the_provenance(tmp_path):
+    # `finetune --val-split test`: allowed, never silent; reproduce carries the record onto the model card
+    with pytest.warns(UserWarning, match="validation is the 'test' split, so the deployment threshold"):
+        output = train(TrainConfig(model="resnet10t", from_scratch=True, head="softmax", epochs=1, train_limit=64,
+                                   val_split="test", val_limit=32, output=str(tmp_path / "run"), **DIGITS))
+    provenance = recorded_provenance(json.loads((output / "config.json").read_text()))
+    assert provenance["data"]["val_is_test"] == "validation is the 'test' split"
+
+
 def test_resuming_an_unfinished_run_with_other_settings_names_a_way_that_works(tmp_path, capsys):
     # an interrupted run: a checkpoint and its settings, no model folder yet (no top-level config.json)
     args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--output", str(tmp_path / "run")]

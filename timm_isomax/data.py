@@ -547,14 +547,17 @@ class LabelledSplits:
     label_names: Optional[List[str]]
     fitted_on: str = ""
     selection: str = ""
+    val_is_test: str = ""
 
     def identity(self) -> Dict[str, Any]:
         """What these splits are, as a trained model's provenance records it: the source, each split's name,
-        row count and the ``datasets`` fingerprint of its selected rows (another selection, another value)."""
+        row count and the ``datasets`` fingerprint of its selected rows (another selection, another value);
+        ``val_is_test`` where validation is (or shares images with) the test split."""
         return dict(source=self.source, selection=self.selection, **{f"{role}_{key}": value for role, split, name in
                                            (("train", self.train, self.train_split), ("val", self.val, self.val_split))
                                            for key, value in (("split", name), ("rows", len(split)),
-                                                              ("fingerprint", getattr(split, "_fingerprint", None)))})
+                                                              ("fingerprint", getattr(split, "_fingerprint", None)))},
+                    **({"val_is_test": self.val_is_test} if self.val_is_test else {}))
 
     def for_model(self, model: torch.nn.Module, train_transform: Optional[Dict[str, Any]] = None,
                   data_config: Optional[Dict] = None) -> Tuple["ImageDataset", "ImageDataset"]:
@@ -712,6 +715,23 @@ def _held_out(dataset: datasets.Dataset, label_column: str, fraction: float,
     return (dataset.select([i for i in range(len(dataset)) if i not in held_set]), dataset.select(sorted(held)))
 
 
+# the split that holds a dataset's test data, by the name datasets and the Hub give it
+TEST_SPLIT = "test"
+
+
+def _val_is_test(all_splits: datasets.DatasetDict, val_split: str, image_column: str) -> str:
+    """Why the validation split is the test data (in words), or "": it is the split named test, or it holds
+    the same images as the test split (a validation file copied from the test file). Images are compared only
+    where the two have as many rows: a copy has, and a real validation split is rarely that size."""
+    if val_split == TEST_SPLIT:
+        return f"validation is the {TEST_SPLIT!r} split"
+    test = all_splits.get(TEST_SPLIT)
+    if test is None or len(test) != len(all_splits[val_split]) or image_column not in test.features:
+        return ""
+    shared = len(image_digests(all_splits[val_split], image_column) & image_digests(test, image_column))
+    return f"validation split {val_split!r} holds {shared} of the {len(test)} images of the {TEST_SPLIT!r} split" if shared else ""
+
+
 def load_labelled_splits(source: str, train_split: str = "train", val_split: Optional[str] = None,
                          image_column: Optional[str] = None, label_column: Optional[str] = None,
                          train_limit: Optional[int] = None, val_limit: Optional[int] = None,
@@ -766,6 +786,14 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     else:
         val = all_splits[val_split]
         find_columns(val, image_column, label_column)  # the validation split needs the same columns
+    val_is_test = "" if held_out else _val_is_test(all_splits, val_split, image_column)
+    if val_is_test:
+        # allowed (a recipe may choose it, as the papers' CIFAR runs do), but never silently: the threshold and
+        # the epoch-by-epoch monitoring then see the data the final numbers are measured on
+        warnings.warn(f"{source!r}: {val_is_test}, so the deployment threshold and the monitoring see the test data "
+                      f"and numbers measured on it are not held out; give a validation split of its own, or leave "
+                      f"--val-split out to hold out a share of {train_split!r}. Recorded in the model's provenance.",
+                      stacklevel=2)
     train_rows, val_rows = len(train), len(val)
     # the classes the whole training split has (a limit may leave some out: that is warned about below)
     present = {y for y in column_values(train, label_column) if y is not None}
@@ -802,7 +830,7 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     for name, split in ((train_split, train), (val_split, val)):
         check_labels(split, label_column, num_classes, name=f"split {name!r} of {source!r}")
     return LabelledSplits(source, train, val, train_split, val_split, image_column, label_column, num_classes,
-                          label_names, fitted_on, selection)
+                          label_names, fitted_on, selection, val_is_test)
 
 
 def _count_classes(labels: List[Any]) -> int:

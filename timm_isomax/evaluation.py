@@ -136,10 +136,23 @@ def _image_digests(eval_set: EvalSet) -> set:
     return image_digests(eval_set.dataset, find_columns(eval_set.dataset)[0])
 
 
+def _threshold_fitted_on_id_set(model: nn.Module, id_set: EvalSet) -> Optional[str]:
+    # the trainer records fitted_on as "SOURCE:SPLIT", "SOURCE:SPLIT[...]" for a sample of it, or with
+    # "[held out ...]" for a share of the training split (other rows than the split's own evaluation)
+    fitted_on = (getattr(model, "ood_config", None) or {}).get("fitted_on")
+    if not isinstance(fitted_on, str) or "[held out" in fitted_on:
+        return None
+    source, _, split = fitted_on.split("[")[0].rpartition(":")
+    same_source = source == id_set.source or (Path(source).exists() and Path(id_set.source).exists()
+                                              and Path(source).resolve() == Path(id_set.source).resolve())
+    return fitted_on if split == id_set.split and same_source else None
+
+
 def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> List[str]:
     """Warnings (also issued) about sets that would give a number without meaning: ID class names other
-    than the model's (the accuracy compares other classes), OOD sets that share images with the ID set
-    (AUROC tends to 50 on the shared part)."""
+    than the model's (the accuracy compares other classes), an ID set the model's threshold was fitted on
+    (it validated on its test data), OOD sets that share images with the ID set (AUROC tends to 50 on the
+    shared part)."""
     problems = []
     model_names = list(getattr(model, "pretrained_cfg", {}).get("label_names") or [])
     _, label_column = find_columns(id_set.dataset)
@@ -150,6 +163,10 @@ def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSe
         problems.append(f"the ID set {id_set.name} names its classes otherwise than the model does (first difference at "
                         f"index {differ}: {id_names[differ:differ + 1]} vs {model_names[differ:differ + 1]}; "
                         f"{len(id_names)} vs {len(model_names)} classes): its accuracy compares other classes.")
+    fitted_on = _threshold_fitted_on_id_set(model, id_set)
+    if fitted_on:
+        problems.append(f"the model's deployment threshold was fitted on {fitted_on}, the ID set {id_set.name} itself "
+                        f"(it validated on its test data): the numbers at that threshold are not held out.")
     id_digests = _image_digests(id_set) if ood_sets else set()
     for ood in ood_sets:
         shared = len(id_digests & _image_digests(ood))

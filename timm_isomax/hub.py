@@ -545,10 +545,24 @@ def render_model_card(config: "HubConfig") -> str:
         if metrics.get("temperature") not in (None, 1.0):
             lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
         lines += [f"Measured with `{metrics.get('command')}`.", ""]
+    validation = _validation_is_test(config)
     lines += ["## Training", "", "Reproduce (from a checkout of timm-isomax, the data under `../shared/data`):", "",
               "```bash", "timm-isomax finetune " + " ".join(config.finetune_args), "```", "",
+              *([f"Validation data: {validation}, so the deployment threshold and the monitoring during training saw "
+                 f"the test data: the test-split numbers above are not held out.", ""] if validation else []),
               "## Citation", "", _CITATIONS, *([_DISMAX_CITATION] if config.head_type == "dismax" else []), ""]
     return "\n".join(lines)
+
+
+def _validation_is_test(config: "HubConfig") -> Optional[str]:
+    """Why the run validated on the test data (as the trainer recorded it, or as the recipe's --val-split says),
+    or None."""
+    recorded = (config.metrics or {}).get("validation_is_test")
+    if recorded:
+        return recorded
+    args = list(config.finetune_args)
+    named = args[args.index("--val-split") + 1] if "--val-split" in args[:-1] else None
+    return f"validation is the {named!r} split (--val-split {named})" if named == config.dataset["eval_split"] else None
 
 
 def write_model_card(config: "HubConfig", folder: Union[str, Path]) -> Path:

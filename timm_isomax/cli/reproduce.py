@@ -37,7 +37,7 @@ from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE,
                                     metric_differences, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, describe_changes
-from timm_isomax.provenance import weights_sha256
+from timm_isomax.provenance import recorded_provenance, weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
 
@@ -122,6 +122,10 @@ def measure(config: HubConfig, folder: Optional[str] = None) -> HubConfig:
         # which weights these numbers describe: push refuses any other folder (timm_isomax.provenance)
         weights_sha256=weights_sha256(folder / WEIGHTS_NAME),
     )
+    # the trainer's record of a validation that was the test data: the card says so beside these numbers
+    validation_is_test = recorded_provenance(saved).get("data", {}).get("val_is_test")
+    if validation_is_test:
+        metrics["validation_is_test"] = validation_is_test
     data_config = {k: saved["pretrained_cfg"][k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
                    if k in saved.get("pretrained_cfg", {})}
     return dataclasses.replace(config, metrics=metrics, label_names=saved.get("label_names"), data_config=data_config)

@@ -149,6 +149,24 @@ def test_evaluating_on_the_split_the_threshold_was_fitted_on_warns(shared_data):
             assert "the ID set mnist itself (it validated on its test data)" in messages[0]
 
 
+def test_an_id_set_without_usable_labels_says_why_there_is_no_accuracy(shared_data, tmp_path):
+    from timm_isomax.evaluation import evaluate_model, load_eval_set
+
+    mnist = datasets.load_dataset("parquet", data_files=str(shared_data / "mnist" / "test.parquet"), split="train")
+    mnist = mnist.select(range(20))
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1).eval()
+    ood = load_eval_set(str(shared_data / "notmnist"), "test", limit=20)
+    cases = {"strings": (mnist.cast_column("label", datasets.Value("string")),
+                         r"its column 'label' holds string values, not class indices .*class_encode_column\('label'\)"),
+             "shifted": (mnist.cast_column("label", datasets.Value("int64")).map(lambda row: {"label": row["label"] + 10}),
+                         r"its labels go up to 1\d but the model has 10 classes \(another label space")}
+    for name, (dataset, reason) in cases.items():
+        dataset.to_parquet(str(tmp_path / f"{name}.parquet"))
+        id_set = load_eval_set(str(tmp_path / f"{name}.parquet"), name)
+        with pytest.warns(UserWarning, match=f"no accuracy on the ID set {name} for resnet10t_isomaxplus: {reason}"):
+            assert evaluate_model(model, id_set, [ood], score_names=["mds"]).accuracy is None
+
+
 def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_path, capsys, monkeypatch):
     # a plain `pip install timm-isomax` has no matplotlib (an extra): plots are on by default
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError

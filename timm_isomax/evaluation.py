@@ -200,6 +200,22 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
     return (logits[labelled].argmax(dim=1) == labels[labelled]).double().mean().item()
 
 
+def _no_accuracy_reason(id_set: EvalSet, labels: torch.Tensor, num_classes: int) -> str:
+    """Why the ID set gives no accuracy (shown as "-" in the table), in words."""
+    features = id_set.dataset.features
+    if find_columns(id_set.dataset)[1] is None:
+        for column in ("label", "labels"):
+            if column in features:  # a label column find_columns cannot take: strings, floats, ...
+                kind = getattr(features[column], "dtype", type(features[column]).__name__)
+                return (f"its column {column!r} holds {kind} values, not class indices (encode them in the model's class "
+                        f"order, e.g. dataset.class_encode_column({column!r}))")
+        return "it has no label column"
+    if not (labels >= 0).any():
+        return "none of its rows has a label"
+    return (f"its labels go up to {int(labels.max())} but the model has {num_classes} classes (another label space, "
+            f"e.g. an ImageNet model on CIFAR)")
+
+
 @dataclass
 class ModelEvaluation:
     """Accuracy, OOD scores and metrics of one model.
@@ -250,13 +266,17 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
     ood_scores = {score: {ood: fn(logits).numpy() for ood, logits in ood_logits.items()} for score, fn in score_fns.items()}
     is_isomax = isinstance(model, IsoMaxClassifier)
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    accuracy = _accuracy(id_logits, id_labels)
+    if accuracy is None:  # the table shows "-": say why
+        warnings.warn(f"no accuracy on the ID set {id_set.name} for {name or architecture}: "
+                      f"{_no_accuracy_reason(id_set, id_labels, int(id_logits.shape[1]))}.", stacklevel=2)
     return ModelEvaluation(
         name=name or architecture,
         source=source or name or architecture,
         architecture=architecture,
         head=model.head_type if is_isomax else "softmax",
         num_classes=int(id_logits.shape[1]),
-        accuracy=_accuracy(id_logits, id_labels),
+        accuracy=accuracy,
         temperature=float(model.head.temperature) if is_isomax else None,
         ood_config=dict(model.ood_config) if is_isomax else None,
         id_scores=id_scores,

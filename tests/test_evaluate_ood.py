@@ -180,6 +180,26 @@ def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_p
     assert (tmp_path / "results.json").exists() and not list(tmp_path.glob("*.png"))
 
 
+def test_the_output_is_checked_first_and_an_earlier_evaluation_is_replaced_whole(shared_data, tmp_path, capsys):
+    common = ["--model", "resnet10t_isomaxplus", "--no-pretrained", "--id-dataset", shared_data / "mnist",
+              "--score", "mds", "--limit", 20, "--no-progress"]
+    (tmp_path / "taken").write_text("mine")
+    # an unknown model too: the output is refused before anything loads (was: after the whole evaluation)
+    assert run(["--model", "resnet10t_isomaxplusss", *common[2:], "--ood-dataset", shared_data / "notmnist",
+                "--output", tmp_path / "taken"]) == 2
+    error = capsys.readouterr().err
+    assert "--output " + str(tmp_path / "taken") + " is a file, not a folder" in error and error.count("\n") == 1
+    assert (tmp_path / "taken").read_text() == "mine"
+    out = tmp_path / "eval"
+    assert run([*common, "--ood-dataset", shared_data / "notmnist", "--output", out]) == 0
+    assert (out / "hist_notmnist.png").exists()
+    capsys.readouterr()
+    assert run([*common, "--ood-dataset", shared_data / "fashion_mnist", "--output", out]) == 0
+    assert "held an earlier evaluation: its results.json and results.csv are replaced, its 2 plot(s) removed" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["hist_fashion_mnist.png", "roc_fashion_mnist.png"]
+
+
 def test_model_folders_and_channel_counts_are_resolved(models):
     assert resolve_model_name(str(models["softmax"])) == f"local-dir:{models['softmax']}"
     assert resolve_model_name("resnet10t") == "resnet10t"

@@ -119,6 +119,10 @@ def test_an_output_that_is_a_file_is_one_line(tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert code == 2 and "is a file, not a folder" in stderr
     assert stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
+    # a folder that cannot be made under it: one line too (was a NotADirectoryError traceback)
+    code = finetune_main(["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "taken" / "run")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"cannot be made: {tmp_path / 'taken'} is a file" in stderr and stderr.strip().count("\n") == 0
 
 
 def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypatch):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # hub_config imports this module
 
 __all__ = [
     "save_pretrained",
+    "output_folder_problem",
     "read_config",
     "validate_model_config",
     "check_model_folder",
@@ -226,6 +227,20 @@ def save_pretrained(
     _atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
     _atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
     return folder
+
+
+def output_folder_problem(folder: Union[str, Path], flag: str = "--output") -> Optional[str]:
+    """Why ``folder`` cannot be written as an output folder (a file, under a file, not writable), or None:
+    asked before a run or an evaluation starts, so its end never fails on the place it writes to."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{flag} {folder} is a file, not a folder; name a new or existing folder."
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{flag} {folder} cannot be made: {existing} is a file; name a folder elsewhere."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {folder}: {existing} is not writable (permission denied); name a folder you can write to."
+    return None
 
 
 def read_config(folder: Union[str, Path]) -> Dict[str, Any]:

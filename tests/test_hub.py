@@ -143,6 +143,27 @@ def test_hub_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_
     assert huggingface_hub.constants.HF_HUB_OFFLINE is offline  # the switch is restored
 
 
+def test_timm_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_repo(tmp_path, monkeypatch, capsys):
+    # a plain timm tag (and an IsoMax name mirroring it) downloads through timm: no ~50 s of retries either
+    from timm_isomax.cli.finetune import main as finetune_main
+
+    cache = tmp_path / "empty_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    started = time.perf_counter()
+    for name in ("resnet18.a1_in1k", "resnet18_isomaxplus.a1_in1k"):
+        with pytest.raises(FileNotFoundError, match=f"{name}: timm/resnet18.a1_in1k is not in the local Hugging "
+                                                    f"Face cache.*--checkpoint FILE") as error:
+            timm_isomax.create_model(name, pretrained=True)
+        assert "\n" not in str(error.value)
+    assert finetune_main(["--model", "resnet18.a1_in1k", "--dataset", "sklearn-digits", "--output", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "timm/resnet18.a1_in1k is not in the local Hugging Face cache" in error and error.count("\n") == 1
+    assert time.perf_counter() - started < 30  # was 27-55 s for each
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # the switch is restored
+
+
 def test_packaged_hub_configs_ship_in_the_package_and_register():
     configs = packaged_hub_configs()
     assert {c.name for c in configs} >= {f"{ARCH}.mnist", f"{ARCH}.fashion_mnist", "cifar_airnet_isomaxplus.cifar10"}

@@ -13,7 +13,7 @@ import os
 import tempfile
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch
@@ -129,7 +129,7 @@ def _hub_failure(error: BaseException) -> Optional[Tuple[Optional[int], str]]:
 
 
 @contextlib.contextmanager
-def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
+def hub_downloads(repo_id: str, what: str, todo: Optional[str] = None) -> Iterator[None]:
     """Downloads of ``repo_id`` from the Hugging Face Hub (``what``: the model they are for), made predictable.
 
     Where the Hub (``HF_ENDPOINT``) cannot even be connected to, downloads run in offline mode for this
@@ -151,8 +151,8 @@ def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
     unreachable = not offline_before and not _hub_reachable(constants.ENDPOINT)
     if unreachable:
         constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at each call; restored below
-    todo = (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it with "
-            f"`timm-isomax reproduce HUB_CONFIG`")
+    todo = todo or (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it "
+                    f"with `timm-isomax reproduce HUB_CONFIG`")
     try:
         yield
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
@@ -182,6 +182,23 @@ def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
         raise FileNotFoundError(f"{what}: downloading {repo_id} from {constants.ENDPOINT} failed: {cause}; {then}.") from None
     finally:
         constants.HF_HUB_OFFLINE = offline_before
+
+
+def timm_weight_downloads(model_name: str) -> ContextManager[None]:
+    """:func:`hub_downloads` for the weights timm downloads for a registry name (``resnet18.a1_in1k``, or an
+    IsoMax name mirroring it) from the Hub: one line at once where they cannot be had, instead of
+    huggingface_hub's retries (~50 s) and a message that names no repo. Other names: a no-op context."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError:  # an unknown tag: timm.create_model says so itself
+        cfg = None
+    if cfg is None or not cfg.hf_hub_id or cfg.file or cfg.state_dict:
+        return contextlib.nullcontext()
+    return hub_downloads(cfg.hf_hub_id.split("@")[0], model_name,
+                         todo="give the weights as a file (finetune --checkpoint FILE, or "
+                              "pretrained_cfg_overlay=dict(file=PATH)), or train with --from-scratch")
 
 
 def save_pretrained(

@@ -25,7 +25,7 @@ import difflib
 import functools
 import warnings
 from collections import deque
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 import timm
 import torch
@@ -34,7 +34,7 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .hub import IMPORT_HINT, check_model_folder, hub_downloads
+from .hub import IMPORT_HINT, check_model_folder, hub_downloads, timm_weight_downloads
 from .hub_config import HubConfig, packaged_hub_configs
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
@@ -244,7 +244,8 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         if source == "hf-hub":
             with hub_downloads(model_id.split("@")[0], model_name):
                 return timm.create_model(model_name, **kwargs)
-        return timm.create_model(model_name, **kwargs)
+        with _registry_downloads(model_name, kwargs) if source is None else contextlib.nullcontext():
+            return timm.create_model(model_name, **kwargs)
     except (RuntimeError, TypeError, AssertionError, KeyError, AttributeError, IndexError) as error:
         if source is None and not isinstance(error, RuntimeError):
             raise  # the caller's own arguments: Python's usual errors
@@ -260,6 +261,22 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         raise ValueError(f"could not load {model_name!r} ({type(error).__name__}: {first_line}); check that "
                          f"config.json's 'architecture' and 'model_args' describe the saved weights, or re-export the "
                          f"model.") from error
+
+
+def _registry_downloads(model_name: str, kwargs: Dict[str, Any]) -> ContextManager[None]:
+    # the Hub weights of a registry name's tag (resnet18.a1_in1k, resnet18_isomaxplus.a1_in1k): one line where
+    # they cannot be had. Not for weights the caller gives, nor for published IsoMax tags, whose loader wraps
+    # its own download.
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if not kwargs.get("pretrained") or kwargs.get("pretrained_cfg") is not None or any(overlay.get(k) for k in _WEIGHT_SOURCE_KEYS):
+        return contextlib.nullcontext()
+    try:
+        tag = timm.models.get_pretrained_cfg(model_name).tag
+    except (RuntimeError, AttributeError):  # an unknown tag, or no cfg: timm.create_model says so itself
+        return contextlib.nullcontext()
+    if f"{timm.models.get_arch_name(model_name)}.{tag}" in _HUB_CONFIGS:
+        return contextlib.nullcontext()
+    return timm_weight_downloads(model_name)
 
 
 # --- building -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Reproduce a published model from its hub config: train with the recorded recipe, evaluate, record.
 
     timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json
+    timm-isomax reproduce resnet10t_isomaxplus.mnist --data-root /data   # a shipped config, by name
 
 1. runs `timm-isomax finetune` with the config's ``finetune_args`` (into its ``source_checkpoint`` folder);
 2. evaluates the result with timm_isomax.evaluation on the ID test split and every OOD set;
@@ -10,7 +11,8 @@
 
 --evaluate-only skips step 1 (the folder must hold the trained model, made with exactly this recipe: its
 training/config.json is compared with finetune_args); --resume continues an interrupted training run.
-Run it from the repository root: the recorded dataset paths are relative to it.
+Run it from the repository root: the recorded dataset paths are relative to it (../shared/data/NAME); elsewhere,
+--data-root DIR reads them from DIR/NAME instead (the recorded paths stay as they are).
 
 --check writes nothing: it retrains the recipe into a scratch folder (--check-dir, default
 SOURCE_CHECKPOINT.check) and compares the numbers it measures there with the recorded ones; with
@@ -34,7 +36,7 @@ import datasets
 
 from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
 from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
-                                    metric_differences, write_hub_config)
+                                    metric_differences, packaged_hub_configs, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, describe_changes
 from timm_isomax.provenance import recorded_provenance, weights_sha256
@@ -62,6 +64,38 @@ def _is_local_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".parquet")
 
 
+# where the recorded dataset paths of the shipped configs point: the data beside a repository checkout
+RECORDED_DATA_ROOT = "../shared/data"
+
+
+def with_data_root(config: HubConfig, data_root: Optional[str]) -> HubConfig:
+    """A copy of ``config`` that reads the data under ``data_root``: each recorded path (and recipe argument)
+    under ``../shared/data`` moves there; the config's file is not touched."""
+    if data_root is None:
+        return config
+
+    def moved(value: str) -> str:
+        if value == RECORDED_DATA_ROOT or value.startswith(RECORDED_DATA_ROOT + "/"):
+            return str(Path(data_root) / value[len(RECORDED_DATA_ROOT):].lstrip("/"))
+        return value
+
+    return dataclasses.replace(config, dataset=dict(config.dataset, path=moved(config.dataset["path"])),
+                               ood_datasets=[dict(d, path=moved(d["path"])) for d in config.ood_datasets],
+                               finetune_args=[moved(a) for a in config.finetune_args])
+
+
+def resolve_hub_config(entry: str) -> HubConfig:
+    """The hub config a command line names: a JSON file, or the name of a config shipped in the package
+    (``resnet10t_isomaxplus.mnist``), as a pip install has them."""
+    if entry.endswith(".json") or Path(entry).exists():
+        return load_hub_config(entry)
+    shipped = {config.name: config for config in packaged_hub_configs()}
+    if entry not in shipped:
+        raise FileNotFoundError(f"{entry!r} is neither a hub config file nor the name of a shipped one "
+                                f"({', '.join(sorted(shipped))}); pass a file (hub_configs/NAME.json) or one of those names.")
+    return shipped[entry]
+
+
 def check_data(config: HubConfig) -> None:
     """One-line ``FileNotFoundError`` unless every local dataset path of the config (its evaluation sets and
     its recipe's ``--dataset`` / ``--ood-dataset``) exists. Relative paths are relative to the folder this runs
@@ -74,7 +108,8 @@ def check_data(config: HubConfig) -> None:
         raise FileNotFoundError(
             f"{config.path} names datasets that are not here: {', '.join(missing)} (looked for {Path(missing[0]).resolve()}); "
             f"its dataset paths are relative to the folder reproduce runs in ({Path.cwd()}): run it from the "
-            f"repository root, with the data at ../shared/data beside it.")
+            f"repository root, with the data at {RECORDED_DATA_ROOT} beside it, or pass --data-root DIR (the folder "
+            f"holding {', '.join(sorted({Path(m).name for m in missing}))}).")
 
 
 def check_recipe(config: HubConfig, folder: Union[str, Path]) -> None:
@@ -173,7 +208,10 @@ def check(config: HubConfig, evaluate_only: bool, check_dir: Optional[str], tole
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="timm-isomax reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json)")
+    p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json), or a shipped config's name "
+                                      "(resnet10t_isomaxplus.mnist)")
+    p.add_argument("--data-root", metavar="DIR", help=f"read the datasets recorded under {RECORDED_DATA_ROOT} from DIR "
+                                                       f"instead (default: {RECORDED_DATA_ROOT}, beside a checkout)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training: evaluate the existing model folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training run")
     p.add_argument("--check", action="store_true", help="compare re-measured numbers with the recorded ones; write nothing")
@@ -188,16 +226,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--check-dir and --tolerance only apply with --check.")
         if args.tolerance is not None and not args.tolerance >= 0:
             raise ValueError(f"--tolerance must be a number of points >= 0, got {args.tolerance}.")
-        config = load_hub_config(args.hub_config)
-        check_data(config)
+        config = resolve_hub_config(args.hub_config)
+        run_config = with_data_root(config, args.data_root)  # what runs here; the file keeps its recorded paths
+        check_data(run_config)
         if args.check:
-            return check(config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
+            return check(run_config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
         if not args.evaluate_only:
-            train(config, resume=args.resume)
+            train(run_config, resume=args.resume)
         elif not (Path(config.source_checkpoint) / "config.json").is_file():
             raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
-        check_recipe(config, config.source_checkpoint)
-        config = measure(config)
+        check_recipe(run_config, config.source_checkpoint)
+        measured = measure(run_config)
+        config = dataclasses.replace(config, metrics=measured.metrics, label_names=measured.label_names,
+                                     data_config=measured.data_config)
         write_hub_config(config)
         card = write_model_card(config, config.source_checkpoint)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -6,7 +6,7 @@ import pytest
 
 from timm_isomax.cli import COMMANDS, main
 
-from .test_finetune import REPO
+from .conftest import REPO
 
 
 def test_usage_lists_every_command_and_unknown_ones_get_the_closest(capsys):

@@ -14,6 +14,7 @@ from timm_isomax.data import model_data_config
 from timm_isomax.evaluation import resolve_model_name
 from timm_isomax.metrics import METRIC_NAMES
 
+from .conftest import assert_one_line_error
 from .mnist_models import one_thread, trained_mnist_models
 
 SOFTMAX_SCORES = ["msp", "max_logit", "energy", "entropic"]
@@ -100,8 +101,7 @@ def test_bad_input_gives_one_line_errors(models, shared_data, tmp_path, capsys):
     ]
     for argv, message in cases:
         assert run(argv + ["--limit", 10, "--output", tmp_path / "out"]) == 2
-        error = capsys.readouterr().err.strip()
-        assert message in error and "\n" not in error and error.startswith("error: ")
+        assert_one_line_error(capsys.readouterr().err, message)
 
 
 def _image_folder(folder, images):

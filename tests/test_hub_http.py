@@ -156,6 +156,18 @@ def test_push_then_load_in_a_fresh_process_pinned_tagged_and_offline(hub, traine
 
 
 # --- push: refused before contacting the Hub ----------------------------------------------------------
+def test_a_push_takes_the_tested_lfs_path_where_hf_xet_is_installed(hub, trained, monkeypatch):
+    # a plain `pip install` brings hf-xet, and huggingface_hub then uploads through Xet unless told otherwise;
+    # push chooses LFS itself, so the default settings take the path this server (and the Hub) speaks
+    pytest.importorskip("hf_xet")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # the default: no HF_HUB_DISABLE_XET
+    _, folder, config = trained
+    push_to_hub(folder, config, token=WRITE_TOKEN)
+    assert hub.files(REPO)[WEIGHTS_NAME] == (folder / WEIGHTS_NAME).read_bytes()
+    assert any(r[:2] == ("storage", "PUT") for r in hub.requests)  # the weights went up by LFS
+    assert constants.HF_HUB_DISABLE_XET is False  # the setting is restored
+
+
 def test_a_folder_that_is_not_the_measured_model_never_reaches_the_server(hub, trained, tmp_path):
     model, folder, config = trained
     swapped = _other_folder((model, folder), tmp_path, "swapped", _swapped_weights_file)

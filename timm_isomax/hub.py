@@ -706,6 +706,22 @@ def _push_failures(config: "HubConfig", endpoint: str) -> Iterator[None]:
                          f"{advice}.") from None
 
 
+@contextlib.contextmanager
+def _lfs_uploads() -> Iterator[None]:
+    """Uploads in this block go through the Hub's plain LFS protocol, even where ``hf-xet`` is installed
+    (huggingface_hub then prefers Xet by itself): LFS is the path tested end to end against the Hub protocol
+    (tests/test_hub_http.py), the Hub takes it for every repo, and three files of a small model gain nothing
+    from Xet's chunk deduplication."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_DISABLE_XET  # read by huggingface_hub at each upload; restored below
+    constants.HF_HUB_DISABLE_XET = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET = before
+
+
 def push_to_hub(
     folder: Union[str, Path],
     hub_config: Union["HubConfig", str, Path],
@@ -755,7 +771,7 @@ def push_to_hub(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, _lfs_uploads():
         staged = {path.name: path for path in _write_repo_folder(folder, config, staging)}
         with _push_failures(config, api.endpoint):
             repo_url = api.create_repo(config.repo_id, repo_type="model", private=private, exist_ok=True)

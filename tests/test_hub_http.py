@@ -168,6 +168,17 @@ def test_a_push_takes_the_tested_lfs_path_where_hf_xet_is_installed(hub, trained
     assert constants.HF_HUB_DISABLE_XET is False  # the setting is restored
 
 
+def test_a_push_under_a_shipped_configs_tag_loads_from_the_hub(hub, tmp_path, images):
+    # a reproduction of resnet10t_isomaxplus.mnist pushed to one's own repo: its pushed config carries the
+    # shipped config's tag, which has no published weights of its own; the repo's weights load
+    model = _saved_model(tmp_path / "model", tag="mnist")
+    config = dataclasses.replace(_test_config(tmp_path / "model", tmp_path), tag="mnist")
+    push_to_hub(tmp_path / "model", config, token=WRITE_TOKEN)
+    loaded = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()  # was: "has no published weights yet"
+    assert loaded.pretrained_cfg["tag"] == "mnist"
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
 def test_a_folder_that_is_not_the_measured_model_never_reaches_the_server(hub, trained, tmp_path):
     model, folder, config = trained
     swapped = _other_folder((model, folder), tmp_path, "swapped", _swapped_weights_file)

@@ -184,7 +184,7 @@ def test_resuming_an_unfinished_run_with_other_settings_names_a_way_that_works(t
     (training / "checkpoint.pt").write_bytes(b"not read: the settings are compared first")
     (training / "config.json").write_text(json.dumps(finetune_settings(args).to_json()))
     assert finetune_main([*args, "--resume", "--lr", "0.5"]) == 2
-    error = assert_one_line_error(capsys.readouterr().err, "holds an unfinished run made with other settings (lr: 0.01 -> 0.5)")
+    error = assert_one_line_error(capsys.readouterr().err, "holds a run made with other settings (lr: 0.01 -> 0.5), not finished yet")
     assert "local-dir:" not in error and "start over with the new settings in another --output" in error
 
 

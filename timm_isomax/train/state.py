@@ -75,9 +75,9 @@ def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None
         return
     if not (training_dir.parent / "config.json").is_file():
         # interrupted before its model was saved: there is no model folder yet for a new run to start from
-        raise ValueError(f"{training_dir.parent} holds an unfinished run made with other settings ({changes}); resume "
-                         f"it with its own settings (see {path}) and train it further once it has finished, or start "
-                         f"over with the new settings in another --output.")
+        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}), not finished yet; "
+                         f"resume it with its own settings (see {path}) and train it further once it has finished, or "
+                         f"start over with the new settings in another --output.")
     raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}); resume it "
                      f"with its own settings (see {path}), "
                      f"or train it further in a new run that starts from it (--model local-dir:"

@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
@@ -19,6 +20,35 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist" / "test.parquet").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set TIMM_ISOMAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+REPO = Path(__file__).resolve().parents[1]
+# the command line as a user runs it: `timm-isomax finetune ...` == `python -m timm_isomax finetune ...`
+FINETUNE = ["-m", "timm_isomax", "finetune"]
+
+
+def weights(folder) -> Dict[str, Any]:
+    """The tensors of a model folder's model.safetensors."""
+    import safetensors.torch
+
+    return safetensors.torch.load_file(str(Path(folder) / "model.safetensors"))
+
+
+def cifar_resnet20_args(shared_data: Path) -> List[str]:
+    """The finetune arguments of the real CIFAR-10 ResNet-20 SoftMax checkpoint on CIFAR-10 (the tests' start
+    model and data); each test adds its own limits and schedule."""
+    return ["--model", "cifar_resnet20",
+            "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
+            "--key-map", "akamaster-cifar-resnet", "--dataset", str(shared_data / "cifar10")]
+
+
+def assert_one_line_error(stderr: str, message: str) -> str:
+    """Check what a command printed for a refused input: one line, ``error: ...``, containing ``message``;
+    returns the line."""
+    line = stderr.strip()
+    assert message in line, stderr[-1500:]
+    assert "\n" not in line and line.startswith("error: "), stderr[-1500:]
+    return line
 
 
 AKAMASTER_RESNET20 = "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors
 
 import timm_isomax  # noqa: F401
 from timm_isomax.benchmark import (fill_result_tables, headline_table, load_protocol, load_runs, markdown_table,
@@ -93,8 +94,17 @@ def test_an_interrupted_benchmark_continues_mid_run_with_the_same_command(mnist_
 @pytest.mark.slow
 def test_finetune_protocol_smoke_starts_from_the_checkpoint(shared_data, tmp_path):
     rows, run = _smoke("cifar10_finetune_resnet20", shared_data, tmp_path)
-    assert run["ood_datasets"] == ["tinyimagenet32", "mnist", "fashion_mnist", "notmnist"]
+    # the protocol's entries: the near set is the test part of the clean TinyImageNet-32 view, named by its file
+    assert run["ood_datasets"] == ["tinyimagenet32_near.json", "mnist", "fashion_mnist", "notmnist"]
     assert list(rows) == ["source", "softmax", "isomax", "isomaxplus"]  # the checkpoint itself is a row
+    for head in ("softmax", "isomax", "isomaxplus"):
+        row = rows[head]
+        assert set(row["metrics"]["msp"]) == {"tinyimagenet32_near", "mnist", "fashion_mnist", "notmnist"}
+        # chosen on validation: the validation half of the test split against its jigsaw puzzles and the near
+        # view's validation part (never its test part); the numbers come from the test half
+        assert row["chosen_by"] == "validation" and row["selection"]["sets"] == ["jigsaw", "tinyimagenet32_near"]
+        assert row["score"] == max(row["selection"]["aurocs"], key=lambda s: row["selection"]["aurocs"][s]["mean"])
+        assert row["id_split"] == "test" and row["val_images"] == row["test_images"] == 500
     assert rows["source"]["accuracy"] == pytest.approx(0.81, abs=0.05)  # 81.0% on all 10,000; here 500 images
     for row in rows.values():  # 1 epoch on 1,000 images from an 81% checkpoint: still a trained model
         assert row["accuracy"] >= 0.6 and row["arch"].startswith("cifar_resnet20")
@@ -108,8 +118,15 @@ def test_finetune_protocol_smoke_starts_from_the_checkpoint(shared_data, tmp_pat
 @pytest.mark.slow
 def test_frozen_backbone_protocol_smoke_computes_features_once(shared_data, tmp_path):
     rows, _ = _smoke("cifar10_frozen_lite0", shared_data, tmp_path)
-    cached = sorted((tmp_path / "cache").glob("*.safetensors"))
-    assert len(cached) == 6  # train, val and 4 OOD sets: computed by the first head, read by the other two
+    cached_sets = []
+    for path in (tmp_path / "cache").glob("*.safetensors"):
+        with safetensors.safe_open(str(path), "pt") as handle:
+            cached_sets.append(handle.metadata()["set"])
+    # computed by the first head, read by the others: train, val and the 4 OOD test sets; the final evaluation's
+    # jigsaw puzzles of val, the near set's validation part and the ID test split (its training rows for the bank,
+    # without augmentation, are the train key)
+    assert sorted(cached_sets) == sorted(["train", "val", "tinyimagenet32_near", "mnist", "fashion_mnist", "notmnist",
+                                          "ood-val jigsaw", "ood-val tinyimagenet32_near", "test"])
     assert list(rows) == ["softmax", "isomax", "isomaxplus", "dismax"] and "mmles" in rows["dismax"]["metrics"]
     for row in rows.values():
         assert row["accuracy"] >= 0.4  # 1,000 training images, 2 head-only epochs on ImageNet features

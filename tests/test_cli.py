@@ -6,7 +6,7 @@ import pytest
 
 from timm_isomax.cli import COMMANDS, main
 
-from .test_finetune import REPO
+from .conftest import REPO
 
 
 def test_usage_lists_every_command_and_unknown_ones_get_the_closest(capsys):
@@ -29,3 +29,13 @@ def test_python_dash_m_runs_the_same_command_line():
     result = subprocess.run([sys.executable, "-m", "timm_isomax", "benchmark", "--report-only", "--output",
                              str(REPO / "no_such_results")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "no benchmark runs (seed*.json) under" in result.stderr
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    # `timm-isomax --help | head`: the reader may be gone before the usage is written
+    for args in (["--help"], ["finetune", "--help"]):
+        process = subprocess.Popen([sys.executable, "-m", "timm_isomax", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, cwd=REPO)
+        process.stdout.close()  # the reader leaves before a byte is written
+        stderr = process.stderr.read().decode()
+        assert process.wait() in (0, 1) and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-1500:]

@@ -10,7 +10,7 @@ import timm
 from timm_isomax.cli import convert
 from timm_isomax.provenance import recorded_provenance, weights_sha256
 
-from .test_finetune import REPO
+from .conftest import REPO
 
 CLI = [sys.executable, "-m", "timm_isomax"]
 

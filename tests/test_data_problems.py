@@ -100,11 +100,13 @@ def test_dataset_for_model_and_materialize_on_damaged_and_empty_data(mnist):
     assert tdata.materialize(no_labels).tensors[1].tolist() == [-1, -1]  # documented: unlabelled rows give -1
 
 
-def _finetune_data(tmp_path, train, test, **overrides):
-    folder = tmp_path / "data"  # the layout of ../shared/data: one Parquet file per split
-    for name, split in (("train", train), ("test", test)):
+def _finetune_data(tmp_path, train, test, second_split="test", **overrides):
+    """The splits of a folder of ``train.parquet`` and ``<second_split>.parquet`` (the layout of ../shared/data),
+    validating on the second one unless ``overrides`` say otherwise (on 'test': a warning says so)."""
+    folder = tmp_path / "data"
+    for name, split in (("train", train), (second_split, test)):
         split.to_parquet(str(folder / f"{name}.parquet"))
-    return tdata.load_labelled_splits(str(folder), **{"val_split": "test", **overrides})
+    return tdata.load_labelled_splits(str(folder), **{"val_split": second_split, **overrides})
 
 
 def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path):
@@ -123,22 +125,77 @@ def test_finetune_data_loading_checks_everything_before_training(mnist, tmp_path
         _finetune_data(tmp_path / "c", too_big, int_labels.map(lambda row: {"label": 20}))
     with pytest.raises(ValueError, match="has no label column"):
         _finetune_data(tmp_path / "d", mnist.remove_columns("label"), mnist.remove_columns("label"))
-    with pytest.raises(ValueError, match="could not read the dataset at .*corresponds to no data"):  # datasets refuses it
+    with pytest.raises(ValueError, match=r"test.parquet has 0 rows"):  # was: datasets' "corresponds to no data"
         _finetune_data(tmp_path / "e", mnist, mnist.select([]))
     with pytest.raises(ValueError, match=r"column 'label' holds Value\(string\).*class_encode_column"):
         tdata.find_columns(mnist.cast_column("label", datasets.Value("string")), label_column="label")
+
+
+def test_plain_integer_labels_with_gaps_warn_naming_the_missing_classes(mnist, tmp_path):
+    # no ClassLabel: the class count is the largest label + 1, so {0..7, 15} makes 16 classes, 7 never seen
+    int_labels = mnist.cast_column("label", datasets.Value("int64"))
+    assert sorted(set(int_labels["label"])) == [0, 1, 2, 3, 4, 5, 6, 7, 9]  # the first 20 MNIST test rows: no 8
+    gaps = int_labels.map(lambda row: {"label": 15 if row["label"] == 9 else row["label"]})
+    with pytest.warns(UserWarning, match=r"up to 15, so the model gets 16 classes, but 7 of them never occur in "
+                                         r"split 'train' \(8, 9, 10, 11, 12, 13, 14\) .*remap the labels to 0..8 "
+                                         r"\(dataset.class_encode_column\('label'\)"):
+        splits = _finetune_data(tmp_path / "gaps", gaps, gaps)
+    assert splits.num_classes == 16
+    contiguous = int_labels.map(lambda row: {"label": 8 if row["label"] == 9 else row["label"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no gap, or classes named by a ClassLabel: nothing to say
+        assert _finetune_data(tmp_path / "contiguous", contiguous, contiguous, "validation").num_classes == 9
+        assert _finetune_data(tmp_path / "named", mnist, mnist, "validation").num_classes == 10
+
+
+def test_empty_parquet_and_unsorted_image_folders_name_the_real_cause(mnist, tmp_path):
+    from timm_isomax.evaluation import load_eval_set
+
+    empty = tmp_path / "empty.parquet"
+    mnist.select([]).to_parquet(str(empty))
+    for load in (lambda: load_eval_set(str(empty), "empty"),  # an ID or OOD set of `evaluate`
+                 lambda: tdata.load_labelled_splits(str(empty), train_split="empty")):
+        with pytest.raises(ValueError, match=r"empty.parquet has 0 rows") as error:
+            load()
+        assert "\n" not in str(error.value)
+    flat = tmp_path / "flat"  # images straight in the folder: no class to learn from
+    flat.mkdir()
+    for index in range(4):
+        mnist[index]["image"].save(flat / f"{index}.png")
+    with pytest.raises(ValueError, match=r"is an image folder whose images are not in class sub-folders: training "
+                                         r"needs one sub-folder per class") as error:
+        tdata.load_labelled_splits(str(flat))
+    assert "--label-column" not in str(error.value)
+
+
+def test_validation_on_the_test_data_warns_and_is_recorded(mnist, tmp_path):
+    with pytest.warns(UserWarning, match=r"validation is the 'test' split, so the deployment threshold and the "
+                                         r"monitoring see the test data"):
+        named = _finetune_data(tmp_path / "named", mnist, mnist)  # --val-split test
+    assert named.identity()["val_is_test"] == "validation is the 'test' split"
+    folder = tmp_path / "copied"  # a validation file that is a copy of the test file
+    for name in ("train", "validation", "test"):
+        mnist.to_parquet(str(folder / f"{name}.parquet"))
+    with pytest.warns(UserWarning, match=r"validation split 'validation' holds 20 of the 20 images of the 'test' split"):
+        copied = tdata.load_labelled_splits(str(folder))  # picks 'validation' by itself
+    assert "holds 20 of the 20" in copied.identity()["val_is_test"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a validation split of its own, or a share of train: silent
+        own = _finetune_data(tmp_path / "own", mnist, mnist.select(range(10)), "validation")
+        held = _finetune_data(tmp_path / "held", mnist, mnist, val_split=None, val_fraction=0.5)
+    assert "val_is_test" not in own.identity() and "val_is_test" not in held.identity()
 
 
 def test_limits_take_a_seeded_class_balanced_sample_and_say_so(mnist, tmp_path):
     by_class = mnist.sort("label")  # like an image folder: rows sorted by class
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing to warn about: every class is there
-        splits = _finetune_data(tmp_path / "balanced", by_class, by_class, train_limit=10, val_limit=5, seed=3)
+        splits = _finetune_data(tmp_path / "balanced", by_class, by_class, "validation", train_limit=10, val_limit=5, seed=3)
     counts = collections.Counter(splits.train["label"])
     assert len(splits.train) == 10 and max(counts.values()) - min(counts.values()) <= 1 and len(counts) == len(set(mnist["label"]))
     assert len(set(splits.val["label"])) == 5  # 5 rows, 5 classes
     assert splits.selection.startswith("train: 10 of 20 rows, class-balanced (seed 3); validation: 5 of 20 rows")
-    assert splits.fitted_on.endswith(":test[5 class-balanced, seed 3]")
+    assert splits.fitted_on.endswith(":validation[5 class-balanced, seed 3]")
     again = _finetune_data(tmp_path / "again", by_class, by_class, train_limit=10, seed=3)
     other = _finetune_data(tmp_path / "other", by_class, by_class, train_limit=10, seed=4)
     assert list(again.train["image"]) == list(splits.train["image"]) != list(other.train["image"])

@@ -2,15 +2,20 @@
 import csv
 import importlib.util
 import json
+import sys
+import warnings
 
 import datasets
+import numpy as np
 import pytest
 import timm
+from PIL import Image
 
 from timm_isomax.data import model_data_config
 from timm_isomax.evaluation import resolve_model_name
 from timm_isomax.metrics import METRIC_NAMES
 
+from .conftest import assert_one_line_error
 from .mnist_models import one_thread, trained_mnist_models
 
 # by default every score of the head, its own first: its logit scores, the feature scores, KNN on the feature bank
@@ -102,8 +107,103 @@ def test_bad_input_gives_one_line_errors(models, shared_data, tmp_path, capsys):
     ]
     for argv, message in cases:
         assert run(argv + ["--limit", 10, "--output", tmp_path / "out"]) == 2
-        error = capsys.readouterr().err.strip()
-        assert message in error and "\n" not in error and error.startswith("error: ")
+        assert_one_line_error(capsys.readouterr().err, message)
+
+
+def _image_folder(folder, images):
+    """An image folder of ``images`` ({file name: uint8 array}), half in class a/, half in class b/."""
+    for index, (name, pixels) in enumerate(sorted(images.items())):
+        (folder / "ab"[index % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / "ab"[index % 2] / name)
+    return str(folder)
+
+
+def test_the_overlap_warning_compares_the_images_of_image_folders(tmp_path):
+    # image-folder rows keep only a path (no bytes): the digests must come from the files themselves
+    from timm_isomax.evaluation import check_eval_sets, load_eval_set
+
+    rng = np.random.default_rng(0)
+    images = {f"{i}.png": rng.integers(0, 256, (8, 8), dtype=np.uint8) for i in range(16)}
+    id_images = dict(list(images.items())[:10])
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=2, in_chans=1)
+    id_set = load_eval_set(_image_folder(tmp_path / "id", id_images), "train")
+    disjoint = load_eval_set(_image_folder(tmp_path / "other", dict(list(images.items())[10:])), "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all: the sets share nothing
+        assert check_eval_sets(model, id_set, [disjoint]) == []
+    sharing = {**dict(list(id_images.items())[:4]), **dict(list(images.items())[10:])}
+    overlapping = load_eval_set(_image_folder(tmp_path / "overlap", sharing), "train")
+    with pytest.warns(UserWarning, match="shares 4 images with the ID set"):
+        check_eval_sets(model, id_set, [overlapping])
+
+
+def test_evaluating_on_the_split_the_threshold_was_fitted_on_warns(shared_data):
+    from timm_isomax.evaluation import check_eval_sets, load_eval_set
+
+    mnist = load_eval_set(str(shared_data / "mnist"), "test", limit=20)
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1)
+    for fitted_on, warns in ((f"{shared_data / 'mnist'}:test[500 class-balanced, seed 0]", True),  # --val-split test
+                             (f"{shared_data / 'mnist'}:train[held out 0.1, seed 0]", False),
+                             (f"{shared_data / 'fashion_mnist'}:test", False)):
+        model.update_ood_config(threshold=-1.0, tpr=0.95, fitted_on=fitted_on)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_eval_sets(model, mnist, [])
+        messages = [str(w.message) for w in caught if "threshold was fitted on" in str(w.message)]
+        assert len(messages) == warns, (fitted_on, messages)
+        if warns:
+            assert "the ID set mnist itself (it validated on its test data)" in messages[0]
+
+
+def test_an_id_set_without_usable_labels_says_why_there_is_no_accuracy(shared_data, tmp_path):
+    from timm_isomax.evaluation import evaluate_model, load_eval_set
+
+    mnist = datasets.load_dataset("parquet", data_files=str(shared_data / "mnist" / "test.parquet"), split="train")
+    mnist = mnist.select(range(20))
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1).eval()
+    ood = load_eval_set(str(shared_data / "notmnist"), "test", limit=20)
+    cases = {"strings": (mnist.cast_column("label", datasets.Value("string")),
+                         r"its column 'label' holds string values, not class indices .*class_encode_column\('label'\)"),
+             "shifted": (mnist.cast_column("label", datasets.Value("int64")).map(lambda row: {"label": row["label"] + 10}),
+                         r"its labels go up to 1\d but the model has 10 classes \(another label space")}
+    for name, (dataset, reason) in cases.items():
+        dataset.to_parquet(str(tmp_path / f"{name}.parquet"))
+        id_set = load_eval_set(str(tmp_path / f"{name}.parquet"), name)
+        with pytest.warns(UserWarning, match=f"no accuracy on the ID set {name} for resnet10t_isomaxplus: {reason}"):
+            assert evaluate_model(model, id_set, [ood], score_names=["mds"]).accuracy is None
+
+
+def test_without_matplotlib_the_plots_are_skipped_in_one_line(shared_data, tmp_path, capsys, monkeypatch):
+    # a plain `pip install timm-isomax` has no matplotlib (an extra): plots are on by default
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    code = run(["--model", "resnet10t_isomaxplus", "--no-pretrained", "--id-dataset", shared_data / "mnist",
+                "--ood-dataset", shared_data / "notmnist", "--score", "mds", "--limit", 20, "--no-progress",
+                "--output", tmp_path])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    notes = [line for line in printed.err.splitlines() if "matplotlib" in line]
+    assert len(notes) == 1 and "pip install 'timm-isomax[plots]'" in notes[0]
+    assert (tmp_path / "results.json").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_the_output_is_checked_first_and_an_earlier_evaluation_is_replaced_whole(shared_data, tmp_path, capsys):
+    common = ["--model", "resnet10t_isomaxplus", "--no-pretrained", "--id-dataset", shared_data / "mnist",
+              "--score", "mds", "--limit", 20, "--no-progress"]
+    (tmp_path / "taken").write_text("mine")
+    # an unknown model too: the output is refused before anything loads (was: after the whole evaluation)
+    assert run(["--model", "resnet10t_isomaxplusss", *common[2:], "--ood-dataset", shared_data / "notmnist",
+                "--output", tmp_path / "taken"]) == 2
+    error = capsys.readouterr().err
+    assert "--output " + str(tmp_path / "taken") + " is a file, not a folder" in error and error.count("\n") == 1
+    assert (tmp_path / "taken").read_text() == "mine"
+    out = tmp_path / "eval"
+    assert run([*common, "--ood-dataset", shared_data / "notmnist", "--output", out]) == 0
+    assert (out / "hist_notmnist.png").exists()
+    capsys.readouterr()
+    assert run([*common, "--ood-dataset", shared_data / "fashion_mnist", "--output", out]) == 0
+    assert "held an earlier evaluation: its results.json and results.csv are replaced, its 2 plot(s) removed" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["hist_fashion_mnist.png", "roc_fashion_mnist.png"]
 
 
 def test_model_folders_and_channel_counts_are_resolved(models):

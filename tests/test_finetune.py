@@ -4,10 +4,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 
@@ -15,25 +13,17 @@ import timm_isomax  # noqa: F401
 from timm_isomax.checkpoints import checkpoint_path
 from timm_isomax.data import dataset_for_model, load_labelled_splits
 
-REPO = Path(__file__).resolve().parents[1]
-# the command line as a user runs it: `timm-isomax finetune ...` == `python -m timm_isomax finetune ...`
-FINETUNE = ["-m", "timm_isomax", "finetune"]
+from .conftest import FINETUNE, REPO, cifar_resnet20_args, weights
 
 
 def finetune_args(shared_data, output, epochs=2, extra=()):
-    return ["--model", "cifar_resnet20",
-            "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
-            "--key-map", "akamaster-cifar-resnet", "--dataset", str(shared_data / "cifar10"),
+    return [*cifar_resnet20_args(shared_data),
             "--train-limit", "256", "--val-limit", "128", "--batch-size", "32", "--no-aug", "--workers", "0",
             "--epochs", str(epochs), "--lr", "0.05", "--no-progress", "--output", str(output), *extra]
 
 
 def run(args, launcher=(sys.executable,), **kwargs):
     return subprocess.run([*launcher, *FINETUNE, *args], capture_output=True, text=True, cwd=REPO, **kwargs)
-
-
-def weights(folder):
-    return safetensors.torch.load_file(str(Path(folder) / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +129,8 @@ def test_a_nan_loss_stops_the_run_with_a_message_and_writes_nothing_bad(tmp_path
                   "--no-aug", "--workers", "0", "--epochs", "2", "--train-limit", "640", "--batch-size", "32",
                   "--lr", "1e30", "--no-progress", "--output", str(output)])
     assert result.returncode == 2
-    assert "error: the training loss became non-finite in epoch 1" in result.stderr and "--resume" in result.stderr
+    assert "error: the training loss became non-finite in epoch 1" in result.stderr
+    # a way that works: --resume keeps the run's settings (a changed lr is refused), so not "fix it, then --resume"
+    assert "Start a new run with a lower --lr (or without --amp) in another --output" in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not (output / "training" / "checkpoint.pt").exists() and not (output / "model.safetensors").exists()

@@ -143,6 +143,27 @@ def test_hub_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_
     assert huggingface_hub.constants.HF_HUB_OFFLINE is offline  # the switch is restored
 
 
+def test_timm_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_repo(tmp_path, monkeypatch, capsys):
+    # a plain timm tag (and an IsoMax name mirroring it) downloads through timm: no ~50 s of retries either
+    from timm_isomax.cli.finetune import main as finetune_main
+
+    cache = tmp_path / "empty_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    started = time.perf_counter()
+    for name in ("resnet18.a1_in1k", "resnet18_isomaxplus.a1_in1k"):
+        with pytest.raises(FileNotFoundError, match=f"{name}: timm/resnet18.a1_in1k is not in the local Hugging "
+                                                    f"Face cache.*--checkpoint FILE") as error:
+            timm_isomax.create_model(name, pretrained=True)
+        assert "\n" not in str(error.value)
+    assert finetune_main(["--model", "resnet18.a1_in1k", "--dataset", "sklearn-digits", "--output", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "timm/resnet18.a1_in1k is not in the local Hugging Face cache" in error and error.count("\n") == 1
+    assert time.perf_counter() - started < 30  # was 27-55 s for each
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # the switch is restored
+
+
 def test_packaged_hub_configs_ship_in_the_package_and_register():
     configs = packaged_hub_configs()
     assert {c.name for c in configs} >= {f"{ARCH}.mnist", f"{ARCH}.fashion_mnist", "cifar_airnet_isomaxplus.cifar10"}
@@ -190,9 +211,23 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
                  "- out-of-distribution-detection", "- isomax", "- ylecun/mnist", "- accuracy", "model-index:"):
         assert line in front.splitlines()
     assert "import timm_isomax" in body and "registers" in body
+    # the wheel registers the architectures on `import timm`: the card no longer calls the import needed
+    assert "(needed)" not in body and "the wheel also does on `import timm`" in body
+    assert "its wheel registers" in body and "from a source checkout" in body
     assert "Entropic Out-of-Distribution Detection" in body and "2105.14399" in body
     assert "| notmnist |" in body and "FPR@95 (ID+)" in body and "AUROC, ID positive" in body
     assert "print(p.label, p.score, p.is_ood)" in body  # a threshold is recorded: the snippet flags OOD images
+
+
+def test_a_card_says_when_validation_was_the_test_data(saved, tmp_path):
+    config = _test_config(saved[1], tmp_path)
+    assert "Validation data:" not in render_model_card(config)  # the recipe holds out its own validation
+    named = dataclasses.replace(config, finetune_args=[*config.finetune_args, "--val-split", "test"])
+    assert ("Validation data: validation is the 'test' split (--val-split test), so the deployment threshold and the "
+            "monitoring during training saw the test data") in render_model_card(named)
+    copied = "validation split 'validation' holds 100 of the 100 images of the 'test' split"  # the trainer's record
+    recorded = dataclasses.replace(config, metrics=dict(config.metrics, validation_is_test=copied))
+    assert f"Validation data: {copied}, so" in render_model_card(recorded)
 
 
 def test_a_dismax_hub_config_gets_a_dismax_card_and_other_suffixes_are_refused(saved, tmp_path):

@@ -156,6 +156,29 @@ def test_push_then_load_in_a_fresh_process_pinned_tagged_and_offline(hub, traine
 
 
 # --- push: refused before contacting the Hub ----------------------------------------------------------
+def test_a_push_takes_the_tested_lfs_path_where_hf_xet_is_installed(hub, trained, monkeypatch):
+    # a plain `pip install` brings hf-xet, and huggingface_hub then uploads through Xet unless told otherwise;
+    # push chooses LFS itself, so the default settings take the path this server (and the Hub) speaks
+    pytest.importorskip("hf_xet")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # the default: no HF_HUB_DISABLE_XET
+    _, folder, config = trained
+    push_to_hub(folder, config, token=WRITE_TOKEN)
+    assert hub.files(REPO)[WEIGHTS_NAME] == (folder / WEIGHTS_NAME).read_bytes()
+    assert any(r[:2] == ("storage", "PUT") for r in hub.requests)  # the weights went up by LFS
+    assert constants.HF_HUB_DISABLE_XET is False  # the setting is restored
+
+
+def test_a_push_under_a_shipped_configs_tag_loads_from_the_hub(hub, tmp_path, images):
+    # a reproduction of resnet10t_isomaxplus.mnist pushed to one's own repo: its pushed config carries the
+    # shipped config's tag, which has no published weights of its own; the repo's weights load
+    model = _saved_model(tmp_path / "model", tag="mnist")
+    config = dataclasses.replace(_test_config(tmp_path / "model", tmp_path), tag="mnist")
+    push_to_hub(tmp_path / "model", config, token=WRITE_TOKEN)
+    loaded = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()  # was: "has no published weights yet"
+    assert loaded.pretrained_cfg["tag"] == "mnist"
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
 def test_a_folder_that_is_not_the_measured_model_never_reaches_the_server(hub, trained, tmp_path):
     model, folder, config = trained
     swapped = _other_folder((model, folder), tmp_path, "swapped", _swapped_weights_file)

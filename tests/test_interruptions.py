@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from timm_isomax.train.state import CHECKPOINT_NAME, LOG_NAME, read_resume_state as _read_resume_state
-from tests.test_finetune import FINETUNE, REPO, weights
+from tests.conftest import FINETUNE, REPO, cifar_resnet20_args, weights
 
 KILLS = 10
 CHECKPOINT_EVERY = 4
@@ -24,9 +24,7 @@ STEPS_PER_EPOCH = 1024 // 32
 
 def finetune_args(shared_data, output, extra=()):
     # augmentation (random crops + flips), mixup and a loader worker: every random stream a resume must restore
-    return ["--model", "cifar_resnet20",
-            "--checkpoint", str(shared_data / "checkpoints/cifar10_resnet_akamaster/resnet20-12fca82f.th"),
-            "--key-map", "akamaster-cifar-resnet", "--dataset", str(shared_data / "cifar10"),
+    return [*cifar_resnet20_args(shared_data),
             "--train-limit", "1024", "--val-limit", "64", "--batch-size", "32", "--crop-scale", "0.5", "1.0",
             "--mixup", "0.2", "--workers", "1", "--epochs", str(EPOCHS), "--lr", "0.05", "--no-progress",
             "--checkpoint-every", str(CHECKPOINT_EVERY), "--output", str(output), *extra]

@@ -228,6 +228,22 @@ def test_local_dir_and_features_only_load_an_isomax_folder(tmp_path):
     torch.testing.assert_close(features(x)[-1], model.backbone.forward_features(x))
 
 
+def test_a_folder_with_its_own_weights_loads_under_a_shipped_hub_tag(tmp_path):
+    # a reproduction of resnet10t_isomaxplus.mnist saved (or pushed) under the shipped config's tag brings its
+    # own weights: the packaged config (no push recorded) must not refuse it
+    from timm_isomax.hub import save_pretrained
+
+    torch.manual_seed(5)
+    model = timm.create_model("resnet10t_isomaxplus", num_classes=10, in_chans=1).eval()
+    folder = save_pretrained(model, tmp_path / "m", tag="mnist")
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    # the bare registry name still has no published weights
+    with pytest.raises(FileNotFoundError, match="has no published weights yet"):
+        timm.create_model("resnet10t_isomaxplus.mnist", pretrained=True)
+
+
 def test_a_checkpoint_of_another_architecture_is_refused_clearly(tmp_path):
     other = timm.create_model("resnet18_isomaxplus", num_classes=4)
     path = tmp_path / "resnet18.safetensors"

@@ -113,6 +113,55 @@ def test_a_folder_trained_with_another_recipe_is_never_measured_for_the_card(mea
     assert measured.path.read_bytes() == before and not (folder / "README.md").read_text().count("epochs: 3")
 
 
+def test_check_elsewhere_than_beside_the_data_is_an_error_naming_the_relative_paths(measured, capsys, tmp_path,
+                                                                                       monkeypatch):
+    # the shipped configs name ../shared/data/...: relative to the repository root, where reproduce runs
+    relative = {"mnist": "../shared/data/mnist", "notmnist": "../shared/data/notmnist"}
+    config = load_hub_config(write_hub_config(dataclasses.replace(
+        measured, dataset=dict(measured.dataset, path=relative["mnist"]),
+        ood_datasets=[dict(measured.ood_datasets[0], path=relative["notmnist"])],
+        finetune_args=[*RECIPE, "--dataset", relative["mnist"], "--output", measured.source_checkpoint])))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for extra in ([], ["--evaluate-only"]):
+        code = reproduce.main([str(config.path), "--check", *extra])  # was: exit 1, "numbers differ"
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "../shared/data/mnist, ../shared/data/notmnist" in err and str(elsewhere) in err
+        assert "relative to the folder reproduce runs in" in err and "run it from the repository root" in err
+    assert not Path(f"{measured.source_checkpoint}.check").exists()  # nothing trained
+
+
+def test_a_shipped_config_runs_by_name_with_its_data_elsewhere(shared_data, tmp_path, monkeypatch, capsys):
+    # as from a pip install: no checkout around, the configs inside the package, the data wherever it is
+    monkeypatch.chdir(tmp_path)
+    name = "resnet10t_isomaxplus.mnist"
+    assert reproduce.main([name, "--check", "--evaluate-only"]) == 2
+    err = capsys.readouterr().err
+    assert "names datasets that are not here: ../shared/data/mnist" in err and "pass --data-root DIR" in err, err
+    assert err.count("\n") == 1
+    # found under --data-root: what is missing now is the model folder (nothing to check yet)
+    assert reproduce.main([name, "--check", "--evaluate-only", "--data-root", str(shared_data)]) == 2
+    err = capsys.readouterr().err
+    assert "outputs/resnet10t_isomaxplus.mnist holds no trained model" in err and err.count("\n") == 1, err
+    assert reproduce.main(["resnet10t_isomaxplus.mnsit", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "neither a hub config file nor the name of a shipped one" in err and name in err
+
+
+def test_data_root_moves_only_the_paths_under_the_recorded_root(measured):
+    from timm_isomax.cli.reproduce import with_data_root
+
+    config = dataclasses.replace(measured, dataset=dict(measured.dataset, path="../shared/data/mnist"),
+                                 finetune_args=["--dataset", "../shared/data/mnist", "--checkpoint",
+                                                "../shared/data/checkpoints/x.th", "--output", "out"])
+    moved = with_data_root(config, "/data")
+    assert moved.dataset["path"] == "/data/mnist" and moved.ood_datasets == config.ood_datasets  # absolute: kept
+    assert moved.finetune_args == ["--dataset", "/data/mnist", "--checkpoint", "/data/checkpoints/x.th", "--output", "out"]
+    assert with_data_root(config, None) is config and config.dataset["path"] == "../shared/data/mnist"
+
+
 def test_check_options_are_checked(measured, capsys):
     assert reproduce.main([str(measured.path), "--tolerance", "1"]) == 2
     assert "only apply with --check" in capsys.readouterr().err

@@ -9,18 +9,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from timm_isomax.cli.finetune import main as finetune_main
+from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.provenance import recorded_provenance, weights_sha256
 from timm_isomax.train import EVALUATION_NAME, TRAINING_DIR, TrainConfig, train
 
-from .test_finetune import FINETUNE, REPO
+from .conftest import FINETUNE, REPO, assert_one_line_error, weights
 
 POSTHOC = importlib.util.find_spec("pytorch_ood") is not None  # the post-hoc detectors' extra
 DIGITS = dict(dataset="sklearn-digits", img_size=32, augmentation="none", workers=0, progress=False, batch_size=32)
-
-
-def _weights(folder):
-    return safetensors.torch.load_file(str(folder / "model.safetensors"))
 
 
 @pytest.mark.slow
@@ -63,7 +59,7 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     cached = train(TrainConfig(**common, freeze_backbone=True, feature_cache=str(tmp_path / "cache"),
                                output=str(tmp_path / "cached")))
     uncached = train(TrainConfig(**common, head_epochs=2, output=str(tmp_path / "uncached")))
-    start_w, cached_w, uncached_w = _weights(start), _weights(cached), _weights(uncached)
+    start_w, cached_w, uncached_w = weights(start), weights(cached), weights(uncached)
     head_keys = [k for k in cached_w if k.startswith(("fc.", "head."))]
     trained = [k for k in head_keys if not k.endswith("temperature")]  # the temperature buffer is calibration's
     assert trained and all(not torch.equal(cached_w[k], start_w[k]) for k in trained)  # the head trained
@@ -101,6 +97,14 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     (["--opt", "adamww"], "unknown optimizer 'adamww'; did you mean adamw"),
     (["--train-limit", "0"], "train_limit must be a positive number of images, got 0"),
     (["--val-fraction", "1"], "val_fraction must be between 0 and 1"),
+    (["--mean", "0.5", "0.5"], "--mean needs 1 value (for every channel) or 3, one per input channel, got 2 (0.5 0.5)"),
+    (["--in-chans", "1", "--std", "0.2", "0.2", "0.2"], "--std needs 1 value (--in-chans 1), got 3 (0.2 0.2 0.2)."),
+    (["--std", "0", "0", "0"], "--std values must be finite and > 0 (each channel is divided by its std), got 0 0 0"),
+    (["--sched", "cosin"], "unknown scheduler 'cosin'; did you mean cosine?"),
+    (["--sched", "plateau"], "--sched plateau cannot drive this run (timm: Plateau LR only supports step per epoch)"),
+    (["--workers", "-1"], "workers must be >= 0"),
+    (["--train-limit", "5"], "train_limit 5 makes no full batch of 64"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
 ])
 def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, message, tmp_path, capsys):
     # in-process: the CLI's main is what `timm-isomax finetune` runs (the subprocess tests cover the entry point)
@@ -108,17 +112,31 @@ def test_wrong_combinations_are_one_line_errors_before_anything_loads(extra, mes
     if "--model" in extra:
         args = args[2:]
     code, stderr = finetune_main(args), capsys.readouterr().err
-    assert code == 2 and message in stderr, stderr[-1500:]
-    assert stderr.strip().count("\n") == 0
-    assert not (tmp_path / "out" / "training" / "checkpoint.pt").exists()
+    assert code == 2
+    assert_one_line_error(stderr, message)
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
+
+
+def test_a_run_refused_after_taking_the_folder_leaves_no_lock_behind(tmp_path, capsys):
+    # the dataset is read under the folder's lock: its refusal must not leave training/lock (or empty folders)
+    code = finetune_main(["--model", "resnet10t", "--dataset", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
+    assert code == 2 and "could not load dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before stays
+    assert finetune_main(["--model", "resnet10t", "--dataset", str(tmp_path / "missing"), "--output", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_an_output_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     code = finetune_main(["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "taken")])
-    stderr = capsys.readouterr().err
-    assert code == 2 and "is a file, not a folder" in stderr
-    assert stderr.strip().count("\n") == 0 and (tmp_path / "taken").read_text() == "mine"
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "is a file, not a folder")
+    assert (tmp_path / "taken").read_text() == "mine"
+    # a folder that cannot be made under it: one line too (was a NotADirectoryError traceback)
+    code = finetune_main(["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "taken" / "run")])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"cannot be made: {tmp_path / 'taken'} is a file")
 
 
 def test_class_mean_prototypes_see_the_runs_preprocessing(shared_data, monkeypatch):
@@ -168,6 +186,27 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
     assert history["started_from"]["weights_sha256"] == weights_sha256(tmp_path / "run" / "model.safetensors")
 
 
+def test_validating_on_the_test_split_warns_and_is_recorded_in_the_provenance(tmp_path):
+    # `finetune --val-split test`: allowed, never silent; reproduce carries the record onto the model card
+    with pytest.warns(UserWarning, match="validation is the 'test' split, so the deployment threshold"):
+        output = train(TrainConfig(model="resnet10t", from_scratch=True, head="softmax", epochs=1, train_limit=64,
+                                   val_split="test", val_limit=32, output=str(tmp_path / "run"), **DIGITS))
+    provenance = recorded_provenance(json.loads((output / "config.json").read_text()))
+    assert provenance["data"]["val_is_test"] == "validation is the 'test' split"
+
+
+def test_resuming_an_unfinished_run_with_other_settings_names_a_way_that_works(tmp_path, capsys):
+    # an interrupted run: a checkpoint and its settings, no model folder yet (no top-level config.json)
+    args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--output", str(tmp_path / "run")]
+    training = tmp_path / "run" / TRAINING_DIR
+    training.mkdir(parents=True)
+    (training / "checkpoint.pt").write_bytes(b"not read: the settings are compared first")
+    (training / "config.json").write_text(json.dumps(finetune_settings(args).to_json()))
+    assert finetune_main([*args, "--resume", "--lr", "0.5"]) == 2
+    error = assert_one_line_error(capsys.readouterr().err, "holds a run made with other settings (lr: 0.01 -> 0.5), not finished yet")
+    assert "local-dir:" not in error and "start over with the new settings in another --output" in error
+
+
 @pytest.mark.slow
 def test_two_runs_side_by_side_on_different_folders_both_finish(tmp_path):
     args = ["--model", "resnet10t", "--from-scratch", "--dataset", "sklearn-digits", "--img-size", "32", "--no-aug",
@@ -210,9 +249,9 @@ def test_a_nan_in_epoch_2_keeps_epoch_1s_checkpoint_and_resume_ends_as_an_uninte
     state = read_resume_state(output / TRAINING_DIR / CHECKPOINT_NAME)
     assert state["epoch"] == 1 and not state.get("step_in_epoch")  # epoch 1's checkpoint, not a diverged one
     assert not (output / "model.safetensors").exists()
-    monkeypatch.setattr(trainer, "make_optimization", make_optimization)  # "after fixing it, --resume"
+    monkeypatch.setattr(trainer, "make_optimization", make_optimization)  # the cause lay outside the settings
     train(TrainConfig(**settings, output=str(output), resume=True))
-    resumed, expected = _weights(output), _weights(uninterrupted)
+    resumed, expected = weights(output), weights(uninterrupted)
     assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 

@@ -206,7 +206,10 @@ def load_softmax_model(model_name: str, checkpoint: Optional[str] = None, key_ma
         >>> model = load_softmax_model("cifar_resnet20", "resnet20-12fca82f.th", key_map="akamaster-cifar-resnet")
     """
     if checkpoint is None:
-        return timm.create_model(model_name, pretrained=True, **kwargs)
+        from .registry import create_model  # imports this module: imported when called
+
+        # one-line errors where the weights cannot be downloaded (timm's path retries for ~50 s)
+        return create_model(model_name, pretrained=True, **kwargs)
     state_dict = read_state_dict(checkpoint)
     if "num_classes" not in kwargs and resolve_key_map(key_map) != "by_order":
         classifier = timm.models.get_pretrained_cfg_value(timm.models.get_arch_name(model_name), "classifier")

@@ -5,11 +5,12 @@
 image folder; or ``"sklearn-digits"``, scikit-learn's bundled 8x8 handwritten digits, real data that
 ``pip`` installs, so everything here runs on a machine without network or shared data.
 """
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import datasets
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "check_labels",
     "convert_image",
     "undecodable_rows",
+    "image_digests",
     "drop_undecodable_images",
     "ImageDataset",
     "materialize",
@@ -59,13 +61,37 @@ def _sklearn_digits(seed: int = 0, test_fraction: float = 0.3) -> datasets.Datas
     return datasets.DatasetDict(train=split["train"], test=split["test"])
 
 
+def _parquet_files(path: Path) -> List[Path]:
+    return [path] if path.is_file() else sorted(path.glob("*.parquet"))
+
+
+def _is_image_folder(path: Path) -> bool:
+    """Whether a local dataset path is read as an image folder (no Parquet files, no ``save_to_disk`` folder)."""
+    return path.is_dir() and not _parquet_files(path) and not (
+        (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists())
+
+
+def _empty_parquet(path: Path) -> Optional[Path]:
+    """The first Parquet file of a local dataset path that holds 0 rows (``datasets`` fails on it with
+    "corresponds to no data" or a DatasetGenerationError), or None."""
+    import pyarrow.parquet as pq
+
+    for file in _parquet_files(path):
+        try:
+            if pq.read_metadata(str(file)).num_rows == 0:
+                return file
+        except Exception:  # a damaged file: the reader names it below
+            continue
+    return None
+
+
 def _load_local(path: Path, cache_dir: Optional[str]) -> datasets.DatasetDict:
     if path.is_file():
         return datasets.load_dataset("parquet", data_files={path.stem: str(path)}, cache_dir=cache_dir)
     if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
-    parquet_files = sorted(path.glob("*.parquet"))
+    parquet_files = _parquet_files(path)
     if parquet_files:
         return datasets.load_dataset("parquet", data_files={p.stem: str(p) for p in parquet_files}, cache_dir=cache_dir)
     return datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
@@ -95,6 +121,10 @@ def load_image_dataset(
     elif Path(source).exists():
         if Path(source).is_file() and Path(source).suffix != ".parquet":
             raise ValueError(f"{source}: a dataset file must be Parquet (.parquet); for images use their folder.")
+        empty = _empty_parquet(Path(source))
+        if empty is not None:
+            raise ValueError(f"{empty} has 0 rows: there are no images in it; fill it, or point at a file or folder "
+                             f"with data.")
         try:
             splits = _load_local(Path(source), cache_dir)
         except Exception as error:  # datasets' readers raise IndexError, ArrowInvalid, ValueError ... on damaged or empty files
@@ -297,6 +327,41 @@ def undecodable_rows(dataset: datasets.Dataset, image_column: str) -> Dict[int, 
     return problems
 
 
+def _encoded_image(value: Any) -> Optional[bytes]:
+    """The encoded file of an undecoded ``datasets.Image`` value: its bytes, or the file at its path (image
+    folders keep only paths); None where neither is at hand."""
+    if value is None:
+        return None
+    if value.get("bytes") is not None:
+        return value["bytes"]
+    path = value.get("path")
+    return Path(path).read_bytes() if path and Path(path).is_file() else None
+
+
+def image_digests(dataset: datasets.Dataset, image_column: str) -> Set[str]:
+    """SHA-1 digests of the images of ``image_column``, to find the images two sets share.
+
+    Hashes each image's content: its encoded bytes, the file at its path where the dataset keeps only paths
+    (an image folder), or its decoded pixels where neither can be read; rows without an image are left out.
+    """
+    _check_column(dataset, image_column, "image")
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
+    digests: Set[str] = set()
+    for start in range(0, len(raw), _SCAN_BATCH):
+        for offset, value in enumerate(raw[start:start + _SCAN_BATCH][image_column]):
+            content = _encoded_image(value)
+            if content is None and value is not None and value.get("path"):
+                # a path datasets resolves itself (e.g. inside an archive): the pixels are what is compared
+                try:
+                    pixels = np.asarray(dataset[start + offset][image_column])
+                except Exception:  # an undecodable image cannot be compared; the loaders name those
+                    continue
+                content = f"{pixels.shape}{pixels.dtype}".encode() + pixels.tobytes()
+            if content is not None:
+                digests.add(hashlib.sha1(content).hexdigest())
+    return digests
+
+
 def drop_undecodable_images(dataset: datasets.Dataset, image_column: str, name: str = "the dataset"
                             ) -> Tuple[datasets.Dataset, List[int]]:
     """``dataset`` without its undecodable images, and the dropped row indices.
@@ -487,14 +552,17 @@ class LabelledSplits:
     label_names: Optional[List[str]]
     fitted_on: str = ""
     selection: str = ""
+    val_is_test: str = ""
 
     def identity(self) -> Dict[str, Any]:
         """What these splits are, as a trained model's provenance records it: the source, each split's name,
-        row count and the ``datasets`` fingerprint of its selected rows (another selection, another value)."""
+        row count and the ``datasets`` fingerprint of its selected rows (another selection, another value);
+        ``val_is_test`` where validation is (or shares images with) the test split."""
         return dict(source=self.source, selection=self.selection, **{f"{role}_{key}": value for role, split, name in
                                            (("train", self.train, self.train_split), ("val", self.val, self.val_split))
                                            for key, value in (("split", name), ("rows", len(split)),
-                                                              ("fingerprint", getattr(split, "_fingerprint", None)))})
+                                                              ("fingerprint", getattr(split, "_fingerprint", None)))},
+                    **({"val_is_test": self.val_is_test} if self.val_is_test else {}))
 
     def for_model(self, model: torch.nn.Module, train_transform: Optional[Dict[str, Any]] = None,
                   data_config: Optional[Dict] = None) -> Tuple["ImageDataset", "ImageDataset"]:
@@ -652,6 +720,23 @@ def _held_out(dataset: datasets.Dataset, label_column: str, fraction: float,
     return (dataset.select([i for i in range(len(dataset)) if i not in held_set]), dataset.select(sorted(held)))
 
 
+# the split that holds a dataset's test data, by the name datasets and the Hub give it
+TEST_SPLIT = "test"
+
+
+def _val_is_test(all_splits: datasets.DatasetDict, val_split: str, image_column: str) -> str:
+    """Why the validation split is the test data (in words), or "": it is the split named test, or it holds
+    the same images as the test split (a validation file copied from the test file). Images are compared only
+    where the two have as many rows: a copy has, and a real validation split is rarely that size."""
+    if val_split == TEST_SPLIT:
+        return f"validation is the {TEST_SPLIT!r} split"
+    test = all_splits.get(TEST_SPLIT)
+    if test is None or len(test) != len(all_splits[val_split]) or image_column not in test.features:
+        return ""
+    shared = len(image_digests(all_splits[val_split], image_column) & image_digests(test, image_column))
+    return f"validation split {val_split!r} holds {shared} of the {len(test)} images of the {TEST_SPLIT!r} split" if shared else ""
+
+
 def load_labelled_splits(source: str, train_split: str = "train", val_split: Optional[str] = None,
                          image_column: Optional[str] = None, label_column: Optional[str] = None,
                          train_limit: Optional[int] = None, val_limit: Optional[int] = None,
@@ -689,6 +774,10 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
         for name in ("label", "labels"):
             if name in train.features:  # a label column of the wrong type: say so, not "no label column"
                 _check_column(train, name, "label")
+        if _is_image_folder(Path(source)):  # datasets labels an image folder by its sub-folders only
+            raise ValueError(f"{source} is an image folder whose images are not in class sub-folders: training needs "
+                             f"one sub-folder per class, two or more ({source}/<class>/<image>, or "
+                             f"{source}/<split>/<class>/<image>).")
         raise ValueError(f"dataset {source!r} has no label column (ClassLabel, 'label' or 'labels'; its columns: "
                          f"{_column_types(train)}); "
                          f"training needs labels: pass label_column (--label-column).")
@@ -702,7 +791,17 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     else:
         val = all_splits[val_split]
         find_columns(val, image_column, label_column)  # the validation split needs the same columns
+    val_is_test = "" if held_out else _val_is_test(all_splits, val_split, image_column)
+    if val_is_test:
+        # allowed (a recipe may choose it, as the papers' CIFAR runs do), but never silently: the threshold and
+        # the epoch-by-epoch monitoring then see the data the final numbers are measured on
+        warnings.warn(f"{source!r}: {val_is_test}, so the deployment threshold and the monitoring see the test data "
+                      f"and numbers measured on it are not held out; give a validation split of its own, or leave "
+                      f"--val-split out to hold out a share of {train_split!r}. Recorded in the model's provenance.",
+                      stacklevel=2)
     train_rows, val_rows = len(train), len(val)
+    # the classes the whole training split has (a limit may leave some out: that is warned about below)
+    present = {y for y in column_values(train, label_column) if y is not None}
     train = sample_rows(train, train_limit, seed, label_column, subset)
     val = sample_rows(val, val_limit, seed, label_column, subset)  # only these rows are evaluated: only they are checked
     for name, split in ((train_split, train), (val_split, val)):
@@ -710,6 +809,15 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
             raise ValueError(f"split {name!r} of dataset {source!r} is empty; choose another split or dataset.")
     num_classes = class_count(train, label_column)
     label_names = list(getattr(train.features[label_column], "names", [])) or None
+    missing = [c for c in range(num_classes) if c not in present]
+    if label_names is None and missing:
+        # plain integer labels count classes up to the largest: a gap ({0..8, 15}) is classes that never train
+        shown = ", ".join(str(c) for c in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        warnings.warn(f"{source!r}: its labels are plain integers (no ClassLabel) up to {num_classes - 1}, so the model "
+                      f"gets {num_classes} classes, but {len(missing)} of them never occur in split {train_split!r} "
+                      f"({shown}) and would never train; remap the labels to 0..{len(present) - 1} "
+                      f"(dataset.class_encode_column({label_column!r}) does), or cast the column to a ClassLabel "
+                      f"naming every class if the empty ones are meant.", stacklevel=2)
     if subset == "first" and len(train) < train_rows:
         present = len({y for y in column_values(train, label_column) if y is not None})
         if present < num_classes:  # e.g. an image folder, whose rows come sorted by class
@@ -727,7 +835,7 @@ def load_labelled_splits(source: str, train_split: str = "train", val_split: Opt
     for name, split in ((train_split, train), (val_split, val)):
         check_labels(split, label_column, num_classes, name=f"split {name!r} of {source!r}")
     return LabelledSplits(source, train, val, train_split, val_split, image_column, label_column, num_classes,
-                          label_names, fitted_on, selection)
+                          label_names, fitted_on, selection, val_is_test)
 
 
 def _count_classes(labels: List[Any]) -> int:

@@ -11,7 +11,6 @@ Example:
     >>> print(format_table(results, id_set, ood_sets))
 """
 import csv
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import dataset_for_model, find_columns, load_sample
+from .data import dataset_for_model, find_columns, image_digests, load_sample
 from .detectors import Outputs, Scorer, candidate_scores, model_outputs, model_parts, needs_features, score_problem
 from .engine import predict
 from .feature_scores import feature_bank_of
@@ -143,15 +142,26 @@ def default_score_names(model: nn.Module) -> List[str]:
 
 
 def _image_digests(eval_set: EvalSet) -> set:
-    column = find_columns(eval_set.dataset)[0]
-    raw = eval_set.dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    return {hashlib.sha1(row[column]["bytes"] or b"").hexdigest() for row in raw if row[column] is not None}
+    return image_digests(eval_set.dataset, find_columns(eval_set.dataset)[0])
+
+
+def _threshold_fitted_on_id_set(model: nn.Module, id_set: EvalSet) -> Optional[str]:
+    # the trainer records fitted_on as "SOURCE:SPLIT", "SOURCE:SPLIT[...]" for a sample of it, or with
+    # "[held out ...]" for a share of the training split (other rows than the split's own evaluation)
+    fitted_on = (getattr(model, "ood_config", None) or {}).get("fitted_on")
+    if not isinstance(fitted_on, str) or "[held out" in fitted_on:
+        return None
+    source, _, split = fitted_on.split("[")[0].rpartition(":")
+    same_source = source == id_set.source or (Path(source).exists() and Path(id_set.source).exists()
+                                              and Path(source).resolve() == Path(id_set.source).resolve())
+    return fitted_on if split == id_set.split and same_source else None
 
 
 def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> List[str]:
     """Warnings (also issued) about sets that would give a number without meaning: ID class names other
-    than the model's (the accuracy compares other classes), OOD sets that share images with the ID set
-    (AUROC tends to 50 on the shared part)."""
+    than the model's (the accuracy compares other classes), an ID set the model's threshold was fitted on
+    (it validated on its test data), OOD sets that share images with the ID set (AUROC tends to 50 on the
+    shared part)."""
     problems = []
     model_names = list(getattr(model, "pretrained_cfg", {}).get("label_names") or [])
     _, label_column = find_columns(id_set.dataset)
@@ -162,6 +172,10 @@ def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSe
         problems.append(f"the ID set {id_set.name} names its classes otherwise than the model does (first difference at "
                         f"index {differ}: {id_names[differ:differ + 1]} vs {model_names[differ:differ + 1]}; "
                         f"{len(id_names)} vs {len(model_names)} classes): its accuracy compares other classes.")
+    fitted_on = _threshold_fitted_on_id_set(model, id_set)
+    if fitted_on:
+        problems.append(f"the model's deployment threshold was fitted on {fitted_on}, the ID set {id_set.name} itself "
+                        f"(it validated on its test data): the numbers at that threshold are not held out.")
     id_digests = _image_digests(id_set) if ood_sets else set()
     for ood in ood_sets:
         shared = len(id_digests & _image_digests(ood))
@@ -208,6 +222,22 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
     if not labelled.any() or labels.max() >= logits.shape[1]:
         return None
     return (logits[labelled].argmax(dim=1) == labels[labelled]).double().mean().item()
+
+
+def _no_accuracy_reason(id_set: EvalSet, labels: torch.Tensor, num_classes: int) -> str:
+    """Why the ID set gives no accuracy (shown as "-" in the table), in words."""
+    features = id_set.dataset.features
+    if find_columns(id_set.dataset)[1] is None:
+        for column in ("label", "labels"):
+            if column in features:  # a label column find_columns cannot take: strings, floats, ...
+                kind = getattr(features[column], "dtype", type(features[column]).__name__)
+                return (f"its column {column!r} holds {kind} values, not class indices (encode them in the model's class "
+                        f"order, e.g. dataset.class_encode_column({column!r}))")
+        return "it has no label column"
+    if not (labels >= 0).any():
+        return "none of its rows has a label"
+    return (f"its labels go up to {int(labels.max())} but the model has {num_classes} classes (another label space, "
+            f"e.g. an ImageNet model on CIFAR)")
 
 
 @dataclass
@@ -270,13 +300,17 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
             ood_scores[score][ood] = values.numpy()
     is_isomax = isinstance(model, IsoMaxClassifier)
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    accuracy = _accuracy(id_logits, id_labels)
+    if accuracy is None:  # the table shows "-": say why
+        warnings.warn(f"no accuracy on the ID set {id_set.name} for {name or architecture}: "
+                      f"{_no_accuracy_reason(id_set, id_labels, int(id_logits.shape[1]))}.", stacklevel=2)
     return ModelEvaluation(
         name=name or architecture,
         source=source or name or architecture,
         architecture=architecture,
         head=model.head_type if is_isomax else "softmax",
         num_classes=int(id_logits.shape[1]),
-        accuracy=_accuracy(id_logits, id_labels),
+        accuracy=accuracy,
         temperature=float(model.head.temperature) if is_isomax else None,
         ood_config=dict(model.ood_config) if is_isomax else None,
         id_scores=id_scores,

@@ -1,18 +1,20 @@
 """Hub-format model folders: ``config.json`` (timm's format) + ``model.safetensors`` (never pickle).
 
 A folder written by :func:`save_pretrained` loads back with
-``timm.create_model("local-dir:FOLDER", pretrained=True)`` after ``import timm_isomax``, and the same
-files on the Hugging Face Hub load with ``hf-hub:ORG/NAME``.
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` (with the wheel installed, timm-isomax registers
+itself when timm is imported; from a source checkout, ``import timm_isomax`` first), and the same files on
+the Hugging Face Hub load with ``hf-hub:ORG/NAME``.
 """
 import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # hub_config imports this module
 
 __all__ = [
     "save_pretrained",
+    "output_folder_problem",
     "read_config",
     "validate_model_config",
     "check_model_folder",
@@ -50,8 +53,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 # timm has no plugin discovery: without this import, timm does not know the IsoMax architecture names.
-IMPORT_HINT = ("IsoMax models need `pip install timm-isomax` and `import timm_isomax` before timm.create_model "
-               "(the import registers the <arch>_isomaxplus / <arch>_isomax architectures with timm)")
+IMPORT_HINT = ("IsoMax models need timm-isomax: `pip install timm-isomax` (its wheel registers the <arch>_isomaxplus / "
+               "<arch>_isomax architectures with timm when timm is imported; from a source checkout, or with "
+               "TIMM_ISOMAX_NO_AUTOLOAD=1, `import timm_isomax` before timm.create_model)")
 # Top-level key of config.json holding timm-isomax metadata (head type, OOD score, threshold, ...).
 ISOMAX_CONFIG_KEY = "isomax"
 
@@ -110,7 +114,7 @@ def _hub_failure(error: BaseException) -> Optional[Tuple[Optional[int], str]]:
 
 
 @contextlib.contextmanager
-def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
+def hub_downloads(repo_id: str, what: str, todo: Optional[str] = None) -> Iterator[None]:
     """Downloads of ``repo_id`` from the Hugging Face Hub (``what``: the model they are for), made predictable.
 
     Where the Hub (``HF_ENDPOINT``) cannot even be connected to, downloads run in offline mode for this
@@ -132,8 +136,8 @@ def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
     unreachable = not offline_before and not _hub_reachable(constants.ENDPOINT)
     if unreachable:
         constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at each call; restored below
-    todo = (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it with "
-            f"`timm-isomax reproduce HUB_CONFIG`")
+    todo = todo or (f"load a local copy with timm.create_model('local-dir:PATH', pretrained=True), or rebuild it "
+                    f"with `timm-isomax reproduce HUB_CONFIG`")
     try:
         yield
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
@@ -163,6 +167,23 @@ def hub_downloads(repo_id: str, what: str) -> Iterator[None]:
         raise FileNotFoundError(f"{what}: downloading {repo_id} from {constants.ENDPOINT} failed: {cause}; {then}.") from None
     finally:
         constants.HF_HUB_OFFLINE = offline_before
+
+
+def timm_weight_downloads(model_name: str) -> ContextManager[None]:
+    """:func:`hub_downloads` for the weights timm downloads for a registry name (``resnet18.a1_in1k``, or an
+    IsoMax name mirroring it) from the Hub: one line at once where they cannot be had, instead of
+    huggingface_hub's retries (~50 s) and a message that names no repo. Other names: a no-op context."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError:  # an unknown tag: timm.create_model says so itself
+        cfg = None
+    if cfg is None or not cfg.hf_hub_id or cfg.file or cfg.state_dict:
+        return contextlib.nullcontext()
+    return hub_downloads(cfg.hf_hub_id.split("@")[0], model_name,
+                         todo="give the weights as a file (finetune --checkpoint FILE, or "
+                              "pretrained_cfg_overlay=dict(file=PATH)), or train with --from-scratch")
 
 
 def save_pretrained(
@@ -210,6 +231,20 @@ def save_pretrained(
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(state_dict, tmp, metadata={"format": "pt"}))
     atomic_write(folder / CONFIG_NAME, lambda tmp: _timm_compat.save_timm_config(model, tmp, extra, data_config))
     return folder
+
+
+def output_folder_problem(folder: Union[str, Path], flag: str = "--output") -> Optional[str]:
+    """Why ``folder`` cannot be written as an output folder (a file, under a file, not writable), or None:
+    asked before a run or an evaluation starts, so its end never fails on the place it writes to."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{flag} {folder} is a file, not a folder; name a new or existing folder."
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{flag} {folder} cannot be made: {existing} is a file; name a folder elsewhere."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {folder}: {existing} is not writable (permission denied); name a folder you can write to."
+    return None
 
 
 def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
@@ -508,7 +543,7 @@ def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Pat
              "forward pass gives the class and an out-of-distribution (OOD) score, with no extra training or "
              "post-processing.", "",
              "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
-             "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (needed)", "",
+             "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (the wheel also does on `import timm`)", "",
              f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
              f'# or, where the installed timm-isomax ships its hub config: timm.create_model("{config.name}", pretrained=True)',
              "", "from PIL import Image", "image = Image.open(\"example.png\")  # your image; preprocessed with the model's data config",
@@ -532,10 +567,24 @@ def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Pat
         if metrics.get("temperature") not in (None, 1.0):
             lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
         lines += [f"Measured with `{metrics.get('command')}`.", ""]
+    validation = _validation_is_test(config)
     lines += ["## Training", "", "Reproduce (from a checkout of timm-isomax, the data under `../shared/data`):", "",
               "```bash", "timm-isomax finetune " + " ".join(config.finetune_args), "```", "",
+              *([f"Validation data: {validation}, so the deployment threshold and the monitoring during training saw "
+                 f"the test data: the test-split numbers above are not held out.", ""] if validation else []),
               "## Citation", "", _CITATIONS, *([_DISMAX_CITATION] if config.head_type == "dismax" else []), ""]
     return "\n".join(lines)
+
+
+def _validation_is_test(config: "HubConfig") -> Optional[str]:
+    """Why the run validated on the test data (as the trainer recorded it, or as the recipe's --val-split says),
+    or None."""
+    recorded = (config.metrics or {}).get("validation_is_test")
+    if recorded:
+        return recorded
+    args = list(config.finetune_args)
+    named = args[args.index("--val-split") + 1] if "--val-split" in args[:-1] else None
+    return f"validation is the {named!r} split (--val-split {named})" if named == config.dataset["eval_split"] else None
 
 
 def write_model_card(config: "HubConfig", folder: Union[str, Path], model_folder: Optional[Union[str, Path]] = None) -> Path:
@@ -671,6 +720,22 @@ def _push_failures(config: "HubConfig", endpoint: str) -> Iterator[None]:
                          f"{advice}.") from None
 
 
+@contextlib.contextmanager
+def _lfs_uploads() -> Iterator[None]:
+    """Uploads in this block go through the Hub's plain LFS protocol, even where ``hf-xet`` is installed
+    (huggingface_hub then prefers Xet by itself): LFS is the path tested end to end against the Hub protocol
+    (tests/test_hub_http.py), the Hub takes it for every repo, and three files of a small model gain nothing
+    from Xet's chunk deduplication."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_DISABLE_XET  # read by huggingface_hub at each upload; restored below
+    constants.HF_HUB_DISABLE_XET = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET = before
+
+
 def push_to_hub(
     folder: Union[str, Path],
     hub_config: Union["HubConfig", str, Path],
@@ -720,7 +785,7 @@ def push_to_hub(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, _lfs_uploads():
         staged = {path.name: path for path in _write_repo_folder(folder, config, staging)}
         with _push_failures(config, api.endpoint):
             repo_url = api.create_repo(config.repo_id, repo_type="model", private=private, exist_ok=True)

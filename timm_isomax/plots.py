@@ -12,14 +12,14 @@ Example:
 import math
 import re
 from pathlib import Path
-from typing import List, NamedTuple, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from .metrics import TPR_LEVEL, as_score_array, ood_metrics, roc_curve
 from .ood import fit_threshold
 
-__all__ = ["ScorePanel", "plot_score_histograms", "plot_roc_curves", "save_plots", "plot_benchmark"]
+__all__ = ["ScorePanel", "plot_score_histograms", "plot_roc_curves", "save_plots", "plot_benchmark", "plots_unavailable"]
 
 ID_COLOR, OOD_COLOR = "tab:blue", "tab:orange"
 # A ROC curve has one point per distinct score; more than this many are thinned for drawing only.
@@ -32,6 +32,18 @@ class ScorePanel(NamedTuple):
     label: str
     id_scores: np.ndarray
     ood_scores: np.ndarray
+
+
+def plots_unavailable() -> Optional[str]:
+    """Why no plot can be drawn here (matplotlib, an optional extra, is not installed), or None.
+
+    Commands that plot by default ask first, so a plain ``pip install timm-isomax`` skips the plots with one
+    line instead of failing after the whole evaluation."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "no plots: matplotlib is not installed (an optional extra: pip install 'timm-isomax[plots]')"
+    return None
 
 
 def _figure(width: float, height: float):

@@ -25,7 +25,7 @@ import difflib
 import functools
 import warnings
 from collections import deque
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 import timm
 import torch
@@ -34,7 +34,7 @@ from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_mode
 from . import isomax_models
 from ._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .hub import IMPORT_HINT, check_model_folder, hub_downloads
+from .hub import IMPORT_HINT, check_model_folder, hub_downloads, timm_weight_downloads
 from .hub_config import HubConfig, packaged_hub_configs
 from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
@@ -244,7 +244,8 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         if source == "hf-hub":
             with hub_downloads(model_id.split("@")[0], model_name):
                 return timm.create_model(model_name, **kwargs)
-        return timm.create_model(model_name, **kwargs)
+        with _registry_downloads(model_name, kwargs) if source is None else contextlib.nullcontext():
+            return timm.create_model(model_name, **kwargs)
     except (RuntimeError, TypeError, AssertionError, KeyError, AttributeError, IndexError) as error:
         if source is None and not isinstance(error, RuntimeError):
             raise  # the caller's own arguments: Python's usual errors
@@ -260,6 +261,22 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         raise ValueError(f"could not load {model_name!r} ({type(error).__name__}: {first_line}); check that "
                          f"config.json's 'architecture' and 'model_args' describe the saved weights, or re-export the "
                          f"model.") from error
+
+
+def _registry_downloads(model_name: str, kwargs: Dict[str, Any]) -> ContextManager[None]:
+    # the Hub weights of a registry name's tag (resnet18.a1_in1k, resnet18_isomaxplus.a1_in1k): one line where
+    # they cannot be had. Not for weights the caller gives, nor for published IsoMax tags, whose loader wraps
+    # its own download.
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if not kwargs.get("pretrained") or kwargs.get("pretrained_cfg") is not None or any(overlay.get(k) for k in _WEIGHT_SOURCE_KEYS):
+        return contextlib.nullcontext()
+    try:
+        tag = timm.models.get_pretrained_cfg(model_name).tag
+    except (RuntimeError, AttributeError):  # an unknown tag, or no cfg: timm.create_model says so itself
+        return contextlib.nullcontext()
+    if f"{timm.models.get_arch_name(model_name)}.{tag}" in _HUB_CONFIGS:
+        return contextlib.nullcontext()
+    return timm_weight_downloads(model_name)
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -292,14 +309,17 @@ def _create_isomax_model(
     # hf-hub:/local-dir:, or an overlay with its own file/url) is read and judged by its keys.
     hub_config = _HUB_CONFIGS.get(f"{variant}.{cfg.tag}")
     isomax_tag = hub_config is not None
-    if pretrained and isomax_tag and not hub_config.is_published and pretrained_cfg_overlay is None:
+    # A cfg given whole (a local-dir: folder, an hf-hub: repo) or an overlay with a file/url brings its own
+    # weights, whatever its tag says: a reproduction saved under a shipped config's tag is no unpublished tag.
+    own_weights = not (pretrained_cfg is None or isinstance(pretrained_cfg, str)) or any(
+        (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
+    )
+    if pretrained and isomax_tag and not hub_config.is_published and not own_weights:
         raise FileNotFoundError(
             f"{hub_config.name} has no published weights yet: its hub config ({hub_config.path}) records no push to "
             f"{hub_config.repo_id}. Train them with `timm-isomax reproduce {hub_config.path}` and load "
             f"timm.create_model('local-dir:{hub_config.source_checkpoint}', pretrained=True), or pass pretrained=False.")
-    registry_weights = (pretrained_cfg is None or isinstance(pretrained_cfg, str)) and not isomax_tag and not any(
-        (pretrained_cfg_overlay or {}).get(k) for k in _WEIGHT_SOURCE_KEYS
-    )
+    registry_weights = not own_weights and not isomax_tag
     features_only = kwargs.pop("features_only", False)
     feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs}
 

@@ -11,6 +11,7 @@ Each command is a thin layer over library functions and has its own ``--help`` w
     timm-isomax benchmark mnist --seeds 0                  # SoftMax vs IsoMax vs IsoMax+, one protocol
 """
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -37,7 +38,18 @@ def _usage() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``timm-isomax <command> ...``; returns the exit status (2 for a usage error)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _run(sys.argv[1:] if argv is None else list(argv))
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe could no longer be caught
+        return code
+    except BrokenPipeError:
+        # the reader left (`timm-isomax finetune --help | head`): no traceback. Python's advice: point stdout at
+        # devnull, so that the interpreter's own last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2

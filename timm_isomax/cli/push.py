@@ -15,8 +15,9 @@ model.safetensors (LFS) and README.md (model card with model-index metadata). A 
 (another version of these files, files of something else) is only written with --force, which overwrites
 the three files and keeps the others; a repo that already holds exactly these files gets no new commit.
 The pushed commit is recorded in the hub config (`published`). Every failure is one line; running the same
-push again is safe. After publishing: `import timm_isomax` then
-timm.create_model("hf-hub:ORG/NAME", pretrained=True), or "<architecture>.<tag>" once the config ships.
+push again is safe. After publishing: timm.create_model("hf-hub:ORG/NAME", pretrained=True) wherever the
+timm-isomax wheel is installed (from a source checkout: `import timm_isomax` first), or "<architecture>.<tag>"
+once the config ships.
 """
 import argparse
 import sys
@@ -53,8 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dry run: wrote {', '.join(files)} into {result} (nothing uploaded)")
     else:
         print(f"published {config.name} to {result} at commit {config.published['revision']} (recorded in "
-              f"{config.path}); load it with `import timm_isomax` then "
-              f"timm.create_model('hf-hub:{config.repo_id}', pretrained=True)")
+              f"{config.path}); load it with timm.create_model('hf-hub:{config.repo_id}', pretrained=True) "
+              f"where timm-isomax is installed")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Reproduce a published model from its hub config: train with the recorded recipe, evaluate, record.
 
     timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json
+    timm-isomax reproduce resnet10t_isomaxplus.mnist --data-root /data   # a shipped config, by name
 
 1. runs `timm-isomax finetune` with the config's ``finetune_args`` (into its ``source_checkpoint`` folder);
 2. evaluates the result with timm_isomax.evaluation on the ID test split and every OOD set;
@@ -10,7 +11,8 @@
 
 --evaluate-only skips step 1 (the folder must hold the trained model, made with exactly this recipe: its
 training/config.json is compared with finetune_args); --resume continues an interrupted training run.
-Run it from the repository root: the recorded dataset paths are relative to it.
+Run it from the repository root: the recorded dataset paths are relative to it (../shared/data/NAME); elsewhere,
+--data-root DIR reads them from DIR/NAME instead (the recorded paths stay as they are).
 
 --check writes nothing: it retrains the recipe into a scratch folder (--check-dir, default
 SOURCE_CHECKPOINT.check) and compares the numbers it measures there with the recorded ones; with
@@ -34,10 +36,10 @@ import datasets
 
 from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
 from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
-                                    metric_differences, write_hub_config)
+                                    metric_differences, packaged_hub_configs, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, describe_changes
-from timm_isomax.provenance import weights_sha256
+from timm_isomax.provenance import recorded_provenance, weights_sha256
 from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
 
@@ -52,7 +54,62 @@ def train(config: HubConfig, resume: bool = False, output: Optional[str] = None)
     print("timm-isomax finetune " + shlex.join(args))
     code = finetune_main(args)
     if code:
-        raise SystemExit(f"error: fine-tuning failed (exit code {code}); fix the recipe in {config.path} or pass --resume.")
+        # an error (exit 2 from main), never exit 1: that says "numbers differ" to `reproduce --check`
+        raise ValueError(f"fine-tuning failed (exit code {code}, its error above); fix the recipe in {config.path}, "
+                         f"or pass --resume if the run was interrupted.")
+
+
+def _is_local_path(source: str) -> bool:
+    # "../shared/data/mnist", "/data/x", "x/test.parquet": paths; "org/name" or "mnist" may be Hub dataset ids
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".parquet")
+
+
+# where the recorded dataset paths of the shipped configs point: the data beside a repository checkout
+RECORDED_DATA_ROOT = "../shared/data"
+
+
+def with_data_root(config: HubConfig, data_root: Optional[str]) -> HubConfig:
+    """A copy of ``config`` that reads the data under ``data_root``: each recorded path (and recipe argument)
+    under ``../shared/data`` moves there; the config's file is not touched."""
+    if data_root is None:
+        return config
+
+    def moved(value: str) -> str:
+        if value == RECORDED_DATA_ROOT or value.startswith(RECORDED_DATA_ROOT + "/"):
+            return str(Path(data_root) / value[len(RECORDED_DATA_ROOT):].lstrip("/"))
+        return value
+
+    return dataclasses.replace(config, dataset=dict(config.dataset, path=moved(config.dataset["path"])),
+                               ood_datasets=[dict(d, path=moved(d["path"])) for d in config.ood_datasets],
+                               finetune_args=[moved(a) for a in config.finetune_args])
+
+
+def resolve_hub_config(entry: str) -> HubConfig:
+    """The hub config a command line names: a JSON file, or the name of a config shipped in the package
+    (``resnet10t_isomaxplus.mnist``), as a pip install has them."""
+    if entry.endswith(".json") or Path(entry).exists():
+        return load_hub_config(entry)
+    shipped = {config.name: config for config in packaged_hub_configs()}
+    if entry not in shipped:
+        raise FileNotFoundError(f"{entry!r} is neither a hub config file nor the name of a shipped one "
+                                f"({', '.join(sorted(shipped))}); pass a file (hub_configs/NAME.json) or one of those names.")
+    return shipped[entry]
+
+
+def check_data(config: HubConfig) -> None:
+    """One-line ``FileNotFoundError`` unless every local dataset path of the config (its evaluation sets and
+    its recipe's ``--dataset`` / ``--ood-dataset``) exists. Relative paths are relative to the folder this runs
+    in (the repository root, with ``../shared/data`` beside it), so run elsewhere they all miss: said here,
+    before any training, rather than as a failed run or a "differ" from ``--check``."""
+    recipe = finetune_settings(list(config.finetune_args))
+    sources = [config.dataset["path"], *(d["path"] for d in config.ood_datasets), recipe.dataset, *recipe.ood_datasets]
+    missing = [source for source in dict.fromkeys(sources) if _is_local_path(source) and not Path(source).expanduser().exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{config.path} names datasets that are not here: {', '.join(missing)} (looked for {Path(missing[0]).resolve()}); "
+            f"its dataset paths are relative to the folder reproduce runs in ({Path.cwd()}): run it from the "
+            f"repository root, with the data at {RECORDED_DATA_ROOT} beside it, or pass --data-root DIR (the folder "
+            f"holding {', '.join(sorted({Path(m).name for m in missing}))}).")
 
 
 def check_recipe(config: HubConfig, folder: Union[str, Path]) -> None:
@@ -100,6 +157,10 @@ def measure(config: HubConfig, folder: Optional[str] = None) -> HubConfig:
         # which weights these numbers describe: push refuses any other folder (timm_isomax.provenance)
         weights_sha256=weights_sha256(folder / WEIGHTS_NAME),
     )
+    # the trainer's record of a validation that was the test data: the card says so beside these numbers
+    validation_is_test = recorded_provenance(saved).get("data", {}).get("val_is_test")
+    if validation_is_test:
+        metrics["validation_is_test"] = validation_is_test
     data_config = {k: saved["pretrained_cfg"][k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
                    if k in saved.get("pretrained_cfg", {})}
     return dataclasses.replace(config, metrics=metrics, label_names=saved.get("label_names"), data_config=data_config)
@@ -147,7 +208,10 @@ def check(config: HubConfig, evaluate_only: bool, check_dir: Optional[str], tole
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="timm-isomax reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json)")
+    p.add_argument("hub_config", help="a hub config JSON file (hub_configs/NAME.json), or a shipped config's name "
+                                      "(resnet10t_isomaxplus.mnist)")
+    p.add_argument("--data-root", metavar="DIR", help=f"read the datasets recorded under {RECORDED_DATA_ROOT} from DIR "
+                                                       f"instead (default: {RECORDED_DATA_ROOT}, beside a checkout)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training: evaluate the existing model folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training run")
     p.add_argument("--check", action="store_true", help="compare re-measured numbers with the recorded ones; write nothing")
@@ -162,15 +226,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--check-dir and --tolerance only apply with --check.")
         if args.tolerance is not None and not args.tolerance >= 0:
             raise ValueError(f"--tolerance must be a number of points >= 0, got {args.tolerance}.")
-        config = load_hub_config(args.hub_config)
+        config = resolve_hub_config(args.hub_config)
+        run_config = with_data_root(config, args.data_root)  # what runs here; the file keeps its recorded paths
+        check_data(run_config)
         if args.check:
-            return check(config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
+            return check(run_config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
         if not args.evaluate_only:
-            train(config, resume=args.resume)
+            train(run_config, resume=args.resume)
         elif not (Path(config.source_checkpoint) / "config.json").is_file():
             raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
-        check_recipe(config, config.source_checkpoint)
-        config = measure(config)
+        check_recipe(run_config, config.source_checkpoint)
+        measured = measure(run_config)
+        config = dataclasses.replace(config, metrics=measured.metrics, label_names=measured.label_names,
+                                     data_config=measured.data_config)
         write_hub_config(config)
         card = write_model_card(config, config.source_checkpoint)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

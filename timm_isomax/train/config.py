@@ -1,5 +1,6 @@
 """Every setting of a training run, checked when the config is made (before any data or model loads)."""
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -38,6 +39,40 @@ def _optimizer_problem(name: str) -> Optional[str]:
     close = difflib.get_close_matches(base, known, n=3)
     return (f"unknown optimizer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
             + " (timm.optim.list_optimizers() lists them).")
+
+
+# The names timm's scheduler factory may take (it keeps no list): each is asked of the installed timm before
+# it is offered as a suggestion.
+_SCHEDULER_NAMES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
+
+
+def _scheduler_error(name: str, epochs: int, warmup_epochs: int, min_lr: float) -> Optional[str]:
+    """What timm's scheduler factory says to ``name`` for a run like this one (stepped per update, as the trainer
+    steps it), or None; a throwaway optimizer stands in for the model's."""
+    import timm.scheduler
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    try:
+        timm.scheduler.create_scheduler_v2(optimizer, sched=name, num_epochs=epochs, warmup_epochs=warmup_epochs,
+                                           min_lr=min_lr, step_on_epochs=False, updates_per_epoch=1)
+    except Exception as error:  # timm raises ValueError for unknown names, AssertionError for plateau, ...
+        return (str(error).splitlines() or [type(error).__name__])[0].rstrip(".")
+    return None
+
+
+def _scheduler_problem(name: str, epochs: int, warmup_epochs: int, min_lr: float) -> Optional[str]:
+    import difflib
+
+    error = _scheduler_error(name, epochs, warmup_epochs, min_lr)
+    if error is None:
+        return None
+    if not error.startswith("Unknown scheduler"):
+        return f"--sched {name} cannot drive this run (timm: {error}); the trainer steps the schedule every update."
+    known = [n for n in _SCHEDULER_NAMES if _scheduler_error(n, 10, 0, 0.0) is None]
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    return (f"unknown scheduler {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" (the trainer can use timm's {', '.join(known)}).")
 
 
 @dataclass
@@ -147,7 +182,15 @@ class TrainConfig:
             return "checkpoint_every and ood_eval_every must be >= 0 (0: at epoch ends only / at the end only)."
         if self.img_size is not None and self.img_size < 1:
             return f"img_size must be a positive number of pixels, got {self.img_size} (leave it out for the model's own)."
-        optimizer_problem = _optimizer_problem(self.opt)
+        if not math.isfinite(self.lr):
+            return f"lr must be a finite number, got {self.lr}."
+        if self.workers < 0:
+            return f"workers must be >= 0 (0 loads the data in the main process), got {self.workers}."
+        if self.train_limit is not None and 0 < self.train_limit < self.batch_size:
+            return (f"train_limit {self.train_limit} makes no full batch of {self.batch_size} (the trainer drops "
+                    f"incomplete batches); raise --train-limit or lower --batch-size.")
+        optimizer_problem = _optimizer_problem(self.opt) or _scheduler_problem(self.sched, self.epochs,
+                                                                               self.warmup_epochs, self.min_lr)
         if optimizer_problem:
             return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:
@@ -160,6 +203,9 @@ class TrainConfig:
                 return f"{name} must be a positive number of images, got {getattr(self, name)} (leave it out for all)."
         if self.in_chans is not None and self.in_chans not in (1, 3):
             return f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}."
+        normalisation_problem = self._normalisation_problem()
+        if normalisation_problem:
+            return normalisation_problem
         if self.score is not None and score_problem(self.score):
             return score_problem(self.score)
         if self.bank_limit < 1:
@@ -198,6 +244,24 @@ class TrainConfig:
             return "feature_cache holds a frozen backbone's features: it needs --freeze-backbone."
         if self.from_scratch and (self.checkpoint or self.freeze_backbone):
             return "--from-scratch starts from random weights: drop --checkpoint / --freeze-backbone."
+        return None
+
+    def _normalisation_problem(self) -> Optional[str]:
+        # timm's transforms assert on a channel mismatch and torchvision's Normalize divides by std: both fail
+        # late, after the data and model load, with a bare AssertionError or a long traceback
+        chans = self.in_chans or 3  # a model's own input is RGB unless --in-chans says otherwise
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            shown = " ".join(f"{v:g}" for v in values)
+            if len(values) not in (1, chans):
+                expected = "1 value (--in-chans 1)" if chans == 1 else f"1 value (for every channel) or {chans}, one per input channel"
+                return (f"--{name} needs {expected}, got {len(values)} ({shown})"
+                        + ("." if self.in_chans else "; for a grey model add --in-chans 1."))
+            if not all(math.isfinite(v) for v in values) or (name == "std" and not all(v > 0 for v in values)):
+                return f"--{name} values must be finite" + (" and > 0 (each channel is divided by its std)" if name == "std"
+                                                            else "") + f", got {shown}."
         return None
 
     @property

@@ -15,6 +15,12 @@ from .runtime import Runtime, StopRequest
 
 __all__ = ["EpochProgress", "train_epoch", "finite_mean"]
 
+# What to do about a diverged run. Not "fix it, then --resume": a resume keeps the run's own settings (a changed
+# lr is refused), so it helps only where the cause lay outside them.
+DIVERGED_ADVICE = ("the last good checkpoint is kept. Start a new run with a lower --lr (or without --amp) in "
+                   "another --output; --resume keeps this run's settings (a changed one is refused), so it helps only "
+                   "where the cause lay elsewhere.")
+
 
 @dataclass
 class EpochProgress:
@@ -55,8 +61,7 @@ def train_epoch(train_model: nn.Module, loader, loss_fn, optimizer, scheduler, s
                 loss = loss_fn(train_model(images), targets)
         except NonFiniteLossError as error:  # found by the loss itself (CPU tensors): same stop as below
             raise FloatingPointError(f"the training loss became non-finite in epoch {epoch + 1} (step "
-                                     f"{progress.steps + 1}): {str(error).rstrip('.')}; the last good checkpoint "
-                                     f"is kept; after fixing it, --resume.") from None
+                                     f"{progress.steps + 1}): {str(error).rstrip('.')}; {DIVERGED_ADVICE}") from None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -83,6 +88,6 @@ def finite_mean(total_loss: torch.Tensor, steps: int, epoch: int) -> float:
     # before the epoch's checkpoint is written: the last good checkpoint stays on disk.
     mean = (total_loss / max(steps, 1)).item()
     if not math.isfinite(mean):
-        raise FloatingPointError(f"the training loss became {mean} in epoch {epoch + 1} (by step {steps}); the last "
-                                 f"good checkpoint is kept. Lower the learning rate or disable AMP, then --resume.")
+        raise FloatingPointError(f"the training loss became {mean} in epoch {epoch + 1} (by step {steps}); "
+                                 f"{DIVERGED_ADVICE}")
     return mean

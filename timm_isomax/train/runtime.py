@@ -51,6 +51,7 @@ def output_lock(training_dir: Path, enabled: bool):
     if not enabled:  # DDP: rank 0 holds the lock for the whole run
         yield
         return
+    created = [folder for folder in (training_dir.parent, training_dir) if not folder.exists()]
     training_dir.mkdir(parents=True, exist_ok=True)
     with open(training_dir / LOCK_NAME, "a+") as handle:
         try:
@@ -67,6 +68,12 @@ def output_lock(training_dir: Path, enabled: bool):
         try:
             yield
         finally:
+            # Removed while still held, so no run can lock this file after it; a run refused before it wrote
+            # anything (bad settings or data) also leaves no empty folders behind.
+            (training_dir / LOCK_NAME).unlink(missing_ok=True)
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                    folder.rmdir()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -3,7 +3,7 @@
 Layout of an output folder: ``config.json`` + ``model.safetensors`` (the model, written at the end),
 ``training/checkpoint.pt`` (the resumable state, atomic), ``training/log.jsonl`` (one line per epoch),
 ``training/config.json`` (the run's settings), ``training/evaluation.json`` (the final OOD evaluation),
-``training/lock`` (held while a run writes the folder).
+``training/lock`` (held while a run writes the folder, removed when it ends).
 """
 import json
 from pathlib import Path
@@ -71,11 +71,17 @@ def check_resumed_settings(training_dir: Path, settings: Dict[str, Any]) -> None
         return  # checkpoints of runs older than this record
     saved = json.loads(path.read_text())
     changes = describe_changes(saved, settings)
-    if changes:
-        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}); resume it "
-                         f"with its own settings (see {path}), "
-                         f"or train it further in a new run that starts from it (--model local-dir:"
-                         f"{training_dir.parent} --output NEW: its provenance keeps both runs' settings).")
+    if not changes:
+        return
+    if not (training_dir.parent / "config.json").is_file():
+        # interrupted before its model was saved: there is no model folder yet for a new run to start from
+        raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}), not finished yet; "
+                         f"resume it with its own settings (see {path}) and train it further once it has finished, or "
+                         f"start over with the new settings in another --output.")
+    raise ValueError(f"{training_dir.parent} holds a run made with other settings ({changes}); resume it "
+                     f"with its own settings (see {path}), "
+                     f"or train it further in a new run that starts from it (--model local-dir:"
+                     f"{training_dir.parent} --output NEW: its provenance keeps both runs' settings).")
 
 
 def read_resume_state(path: Path) -> Dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import dataset_for_model, load_labelled_splits, load_sample, model_data_config
-from ..hub import WEIGHTS_NAME, read_config, save_pretrained
+from ..hub import WEIGHTS_NAME, output_folder_problem, read_config, save_pretrained
 from ..provenance import recorded_provenance, weights_sha256
 from ..metrics import TPR_LEVEL
 from ..model import IsoMaxClassifier
@@ -38,8 +38,9 @@ def train(cfg: TrainConfig) -> Path:
         ...                   output="out/cifar_resnet20_isomaxplus", epochs=3))
     """
     output = Path(cfg.output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output {output} is a file, not a folder; name a new or existing folder.")
+    problem = output_folder_problem(output)
+    if problem:
+        raise FileExistsError(problem)
     runtime = setup_runtime(cfg.device)
     with output_lock(output / TRAINING_DIR, runtime.is_main):
         return _run(cfg, runtime, output)

@@ -127,6 +127,22 @@ def test_a_run_refused_after_taking_the_folder_leaves_no_lock_behind(tmp_path, c
     assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
+def test_a_feature_score_set_by_score_is_the_models_and_the_epoch_log_keeps_a_logit_score(tmp_path):
+    # --score takes the feature scores: the run records it as set (not chosen) and fits the threshold on it; the
+    # per-epoch log reads logits only, so it monitors the head's own logit score (it used to fail on knn10)
+    assert TrainConfig(model="resnet10t", score="knn10", output="o", **DIGITS).ood_score == "mds"
+    assert TrainConfig(model="resnet10t", score="energy", output="o", **DIGITS).ood_score == "energy"
+    output = train(TrainConfig(model="resnet10t", from_scratch=True, head="isomaxplus", in_chans=1, epochs=1,
+                               train_limit=128, score="knn10", output=str(tmp_path / "knn"), **DIGITS))
+    log = [json.loads(line) for line in (output / TRAINING_DIR / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and "val_score_mean" in log[0]
+    evaluation = json.loads((output / TRAINING_DIR / EVALUATION_NAME).read_text())
+    assert evaluation["score"] == "knn10" and evaluation["chosen_by"] == "setting (--score)"
+    assert "knn10" in evaluation["metrics"] and "knn10" in evaluation["selection"]["aurocs"]  # still recorded
+    config = json.loads((output / "config.json").read_text())
+    assert config["isomax"]["score"] == "knn10" and config["isomax"]["threshold"] == evaluation["threshold"]
+
+
 def test_an_output_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     code = finetune_main(["--model", "resnet10t", "--dataset", "sklearn-digits", "--output", str(tmp_path / "taken")])

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
-from ..detectors import LOGIT_SCORES, score_problem
+from ..detectors import LOGIT_SCORES, needs_features, score_problem
 from ..feature_scores import DEFAULT_BANK_LIMIT
 from ..fpr import fpr_batch_problem
 from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
@@ -278,8 +278,9 @@ class TrainConfig:
 
     @property
     def ood_score(self) -> str:
-        """The OOD score the log reports and the deployment threshold is fitted on."""
-        return self.score or DEFAULT_SCORES[self.effective_head]
+        """The logit score the per-epoch log reports: ``score`` where it is a logit score, else the head's own (a
+        feature score reads the pre-logits and the feature bank, which the final evaluation scores and records)."""
+        return self.score if self.score and not needs_features(self.score) else DEFAULT_SCORES[self.effective_head]
 
     @property
     def loss_entropic_scale(self) -> float:

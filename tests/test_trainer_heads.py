@@ -97,6 +97,7 @@ def test_frozen_backbone_on_cached_features_trains_like_head_only_over_the_backb
     (["--opt", "adamww"], "unknown optimizer 'adamww'; did you mean adamw"),
     (["--train-limit", "0"], "train_limit must be a positive number of images, got 0"),
     (["--val-fraction", "1"], "val_fraction must be between 0 and 1"),
+    (["--score", "knn50", "--no-feature-bank"], "--score knn50 reads the feature bank"),  # not after the training
     (["--mean", "0.5", "0.5"], "--mean needs 1 value (for every channel) or 3, one per input channel, got 2 (0.5 0.5)"),
     (["--in-chans", "1", "--std", "0.2", "0.2", "0.2"], "--std needs 1 value (--in-chans 1), got 3 (0.2 0.2 0.2)."),
     (["--std", "0", "0", "0"], "--std values must be finite and > 0 (each channel is divided by its std), got 0 0 0"),

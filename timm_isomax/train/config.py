@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
-from ..detectors import LOGIT_SCORES, needs_features, score_problem
+from ..detectors import FEATURE_SCORES, LOGIT_SCORES, needs_features, score_problem
 from ..feature_scores import DEFAULT_BANK_LIMIT
 from ..fpr import fpr_batch_problem
 from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
@@ -210,6 +210,10 @@ class TrainConfig:
             return score_problem(self.score)
         if self.bank_limit < 1:
             return f"bank_limit must be a positive number of training rows, got {self.bank_limit}."
+        if self.score is not None and not self.feature_bank and needs_features(self.score) \
+                and self.score not in FEATURE_SCORES:  # knn<k> and the post-hoc detectors read the bank
+            return (f"--score {self.score} reads the feature bank of training features, which --no-feature-bank "
+                    f"leaves out: drop --no-feature-bank, or pick a score without one.")
         if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
             return (f"test_split {self.test_split!r} is also the {'training' if self.test_split == self.train_split else 'validation'} "
                     f"split: the test split must stay out of training and selection; name another split.")

@@ -607,7 +607,7 @@ def _start_line(entry: Dict) -> str:
     else:
         start = Path(settings["checkpoint"]).name if settings.get("checkpoint") else "pretrained"
         how = f"frozen backbone ({start})" if settings.get("freeze_backbone") else f"fine-tuned from {start}"
-    return f"{entry['id_dataset']}, {settings['model']} {how}, {settings.get('epochs', 5)} epochs"
+    return f"{dataset_name(entry['id_dataset'])}, {settings['model']} {how}, {settings.get('epochs', 5)} epochs"
 
 
 # The other isotropic heads beside IsoMax+ in the README's table, each read with the score it is designed for.
@@ -762,7 +762,7 @@ def markdown_table(summary: Sequence[Dict], metrics: Sequence[str] = ("auroc",),
         seeds = sorted({seed for e in entries for seed in e["seeds"]})
         per_head = {e["head"]: e for e in entries}.values()  # one entry per head
         seconds, wall = sum(e["seconds"] for e in per_head), sum(e.get("wall_seconds", 0.0) for e in per_head)
-        lines.append(f"\n{name}: ID {first['id_dataset']}; {_recipe_line(first)}; seeds {', '.join(map(str, seeds))}; "
+        lines.append(f"\n{name}: ID {dataset_name(first['id_dataset'])}; {_recipe_line(first)}; seeds {', '.join(map(str, seeds))}; "
                      f"{_hardware_line(per_head)}; {seconds / 60:.0f} min of training epochs, {wall / 60:.0f} min of runs "
                      f"(start model, features, evaluation included) in all.")
         blocks.append("\n".join(lines))

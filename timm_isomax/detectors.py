@@ -18,7 +18,7 @@ Three families, one convention (higher = more in-distribution, float64):
 """
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -220,6 +220,19 @@ class Scorer:
             self._needs(name, features, bank=True)
             return self._posthoc(name).score(features).double()
         raise ValueError(score_problem(name))
+
+    def fitting(self, names: Sequence[str], features: Optional[torch.Tensor],
+                logits: torch.Tensor) -> Tuple[List[str], Dict[str, str]]:
+        """``(usable, left_out)``: the ``names`` this scorer can compute on these outputs, and why each other one cannot
+        (e.g. Mahalanobis on a bank with fewer rows than feature width plus classes). Fits the post-hoc detectors."""
+        usable, left_out = [], {}
+        for name in names:
+            try:
+                self.score(name, features[:2] if features is not None else None, logits[:2])
+                usable.append(name)
+            except ValueError as error:
+                left_out[name] = str(error)
+        return usable, left_out
 
     def scores(self, names: Sequence[str], features: Optional[torch.Tensor], logits: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Several scores at once (KNN's neighbours found once for every k)."""

@@ -321,15 +321,10 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
 
 
 def _fitting_scores(scorer: Scorer, names: Sequence[str], outputs: Outputs) -> List[str]:
-    # a post-hoc detector may not fit the bank (e.g. Mahalanobis with fewer rows than feature width plus classes):
     # left out of the defaults with a warning; a score asked for by name still fails with its reason
-    fitting = []
-    for name in names:
-        try:
-            scorer.score(name, outputs.features[:2] if outputs.features is not None else None, outputs.logits[:2])
-            fitting.append(name)
-        except ValueError as error:
-            warnings.warn(f"score {name} left out: {error}", stacklevel=3)
+    fitting, left_out = scorer.fitting(names, outputs.features, outputs.logits)
+    for name, reason in left_out.items():
+        warnings.warn(f"score {name} left out: {reason}", stacklevel=3)
     return fitting
 
 

@@ -101,14 +101,10 @@ def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, out
                                  seed=cfg.seed)
         bank.save(output)
     scorer = Scorer(head if with_features else classifier, bank)
-    names, unavailable = [], {}
-    for name in candidate_scores(head_kind, with_features, bank is not None):
-        try:  # a post-hoc detector may not fit this bank (e.g. Mahalanobis with fewer rows than feature width)
-            scorer.score(name, val.features[:2] if val.features is not None else None, val.logits[:2])
-            names.append(name)
-        except ValueError as error:
-            unavailable[name] = str(error)
-            print(f"score {name} left out: {error}")
+    names, unavailable = scorer.fitting(candidate_scores(head_kind, with_features, bank is not None), val.features,
+                                        val.logits)
+    for name, reason in unavailable.items():
+        print(f"score {name} left out: {reason}")
     val_scores = scorer.scores(names, val.features, val.logits)
     ood_val = {name: run(dataset, f"ood-val {name}") for name, dataset in sets.ood_val().items()}
     selection = choose_score(val_scores, {name: scorer.scores(names, o.features, o.logits) for name, o in ood_val.items()})

@@ -78,3 +78,22 @@ def test_the_wheel_installs_the_timm_isomax_command(wheel_python, tmp_path):
     assert usage.returncode == 2 and "finetune" in usage.stdout and "benchmark" in usage.stdout
     helped = subprocess.run([str(command), "finetune", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert helped.returncode == 0 and "usage: timm-isomax finetune" in helped.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_module_of_the_checkout_and_each_imports(wheel_python, tmp_path):
+    """The wheel's package list is found, not written by hand: a subpackage the checkout has and the wheel lacks
+    would pass every editable-install test and break every user's install."""
+    checkout = Path(__file__).resolve().parents[1] / "timm_isomax"
+    expected = sorted(".".join(("timm_isomax", *p.relative_to(checkout).with_suffix("").parts)).removesuffix(".__init__")
+                      for p in checkout.rglob("*.py"))
+    result = _run(wheel_python, "import importlib, json, pkgutil, timm_isomax\n"
+                  "names = ['timm_isomax'] + [m.name for m in pkgutil.walk_packages(timm_isomax.__path__, 'timm_isomax.')]\n"
+                  "for name in names:\n    if not name.endswith('__main__'):  # that one runs the command line\n"
+                  "        importlib.import_module(name)\n"
+                  "print(json.dumps(sorted(names)))", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    in_wheel = json.loads(result.stdout.splitlines()[-1])
+    assert {"timm_isomax.layers", "timm_isomax.models", "timm_isomax.ood", "timm_isomax.data", "timm_isomax.hub",
+            "timm_isomax.train", "timm_isomax.benchmark", "timm_isomax.cli"} <= set(in_wheel)
+    assert sorted(set(in_wheel) - {"timm_isomax.hub_configs", "timm_isomax.protocols"}) == expected

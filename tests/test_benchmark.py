@@ -235,7 +235,7 @@ def test_finished_runs_are_read_back_and_other_definitions_refused(shared_data, 
         row["throughput"] = 1.0
     (tmp_path / protocol.name).mkdir()
     (tmp_path / protocol.name / "seed0.json").write_text(json.dumps(saved))
-    from timm_isomax import benchmark
+    from timm_isomax.benchmark import protocol_runs as benchmark
     monkeypatch.setattr(benchmark, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     assert run_protocol(protocol, shared_data, output=tmp_path, runs=tmp_path / "runs") == [saved]
     changed = dataclasses.replace(protocol, train=dict(protocol.train, img_size=28))
@@ -252,7 +252,7 @@ def test_a_protocol_that_gains_a_head_trains_only_that_head_into_the_finished_se
     saved["protocol"] = dict(protocol.to_json(), heads=["softmax", "isomaxplus"])
     (tmp_path / protocol.name).mkdir()
     (tmp_path / protocol.name / "seed0.json").write_text(json.dumps(saved))
-    from timm_isomax import benchmark
+    from timm_isomax.benchmark import protocol_runs as benchmark
     trained = []
     monkeypatch.setattr(benchmark, "train", lambda cfg: trained.append((cfg.head, cfg.dismax_fpr)))
     monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
@@ -274,7 +274,7 @@ def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_
     # adds a row, so neither overwrites the other's rows with its stale copy
     import threading
 
-    from timm_isomax import benchmark
+    from timm_isomax.benchmark import protocol_runs as benchmark
     protocol = load_protocol(PROTOCOLS / "mnist.json")  # all four heads
     protocol = dataclasses.replace(protocol, seeds=(0,))
     trained = []
@@ -315,7 +315,7 @@ def test_a_run_resumed_from_an_earlier_session_counts_that_sessions_epochs_in_it
                                                                                       monkeypatch):
     # a run stopped by a session's end and resumed in the next: the new process times only its own part, so
     # the epochs of the log it resumes count too (else the docs' "min of runs" undercounts the grid)
-    from timm_isomax import benchmark
+    from timm_isomax.benchmark import protocol_runs as benchmark
     protocol = dataclasses.replace(smoke_version(load_protocol(PROTOCOLS / "mnist.json")),
                                    heads=("softmax", "isomax"), head_settings={})
     earlier = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training" / "log.jsonl"

@@ -436,7 +436,7 @@ def test_a_dismax_fpr_run_trains_evaluates_and_saves(tmp_path):
 
 
 def test_a_protocol_gives_head_settings_to_their_head_only(tmp_path):
-    from timm_isomax.benchmark import _train_config, load_protocol
+    from timm_isomax.benchmark.protocol_runs import _train_config, load_protocol
 
     definition = dict(name="p", id_dataset="id", ood_datasets=["o"], heads=["softmax", "isomaxplus", "dismax"],
                       train=dict(model="resnet10t", from_scratch=True, batch_size=32),

@@ -13,20 +13,24 @@ classification architecture in timm's own registry::
 timm has no plugin discovery: the import must come before ``timm.create_model`` (also for ``hf-hub:``
 names of IsoMax models).
 """
-from . import cifar_resnet  # noqa: F401  registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
-from . import cifar_airnet  # noqa: F401  registers cifar_airnet and cifar_airnet_small, likewise
-from . import fpr, scores
-from .checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_keys
-from .conversion import ConversionReport, convert_softmax_model
-from .heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead, euclidean_distances
-from .losses import DisMaxLoss, IsoMaxLoss, IsoMaxPlusLoss
-from .calibration import calibrate_temperature, expected_calibration_error, fit_temperature
-from .metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
-from .ood import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
-from .model import HEAD_TYPES, IsoMaxClassifier
-from .hub import push_to_hub
-from .hub_config import HubConfig, load_hub_config, packaged_hub_configs
-from .registry import (
+from . import _moved
+
+_moved.install()  # the module paths from before the subpackages (timm_isomax.heads, .hub_config, ...)
+
+from .models import cifar_resnet  # noqa: F401  registers cifar_resnet20..1202 in timm (before the IsoMax variants below)
+from .models import cifar_airnet  # noqa: F401  registers cifar_airnet and cifar_airnet_small, likewise
+from .layers import fpr, scores
+from .models.checkpoints import KEY_MAPS, load_checkpoint_into, read_state_dict, remap_keys
+from .models.conversion import ConversionReport, convert_softmax_model
+from .layers.heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead, euclidean_distances
+from .layers.losses import DisMaxLoss, IsoMaxLoss, IsoMaxPlusLoss
+from .ood.calibration import calibrate_temperature, expected_calibration_error, fit_temperature
+from .ood.metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
+from .ood.deploy import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
+from .models.classifier import HEAD_TYPES, IsoMaxClassifier
+from .hub.folder import push_to_hub
+from .hub.config import HubConfig, load_hub_config, packaged_hub_configs
+from .models.registry import (
     base_architecture,
     create_model,
     is_classification_architecture,
@@ -35,7 +39,7 @@ from .registry import (
     register_hub_config,
     register_isomax_variants,
 )
-from .provenance import weights_sha256
+from .hub.provenance import weights_sha256
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Argument types the commands share."""
 import argparse
 
-from timm_isomax.detectors import score_problem
+from timm_isomax.ood.detectors import score_problem
 
 __all__ = ["score_name"]
 

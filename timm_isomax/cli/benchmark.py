@@ -23,9 +23,9 @@ from pathlib import Path
 import datasets
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.benchmark import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
+from timm_isomax.benchmark.protocol_runs import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
                                    missing_inputs, run_protocol, smoke_version, summarize)
-from timm_isomax.plots import plot_benchmark, plots_unavailable
+from timm_isomax.ood.plots import plot_benchmark, plots_unavailable
 from timm_isomax.train import HEADS
 
 # the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)

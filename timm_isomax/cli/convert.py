@@ -21,12 +21,12 @@ import sys
 import datasets
 
 import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
-from timm_isomax.checkpoints import KEY_MAPS
-from timm_isomax.conversion import load_softmax_model, uses_unit_vectors
-from timm_isomax.data import find_columns
-from timm_isomax.evaluation import evaluate_conversion, format_table, load_eval_set
-from timm_isomax.hub import save_pretrained
-from timm_isomax.model import HEAD_TYPES
+from timm_isomax.models.checkpoints import KEY_MAPS
+from timm_isomax.models.conversion import load_softmax_model, uses_unit_vectors
+from timm_isomax.data.datasets import find_columns
+from timm_isomax.ood.evaluation import evaluate_conversion, format_table, load_eval_set
+from timm_isomax.hub.folder import save_pretrained
+from timm_isomax.models.classifier import HEAD_TYPES
 
 # the heads whose prototypes = the classifier's rows reproduce the source's predictions
 ZERO_SHOT_HEADS = [kind for kind in HEAD_TYPES if uses_unit_vectors(kind)]

@@ -23,10 +23,10 @@ import datasets
 import torch
 
 import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
-from timm_isomax.evaluation import evaluate_models, format_table, load_eval_set, write_results
+from timm_isomax.ood.evaluation import evaluate_models, format_table, load_eval_set, write_results
 from timm_isomax.cli._args import score_name
-from timm_isomax.hub import output_folder_problem
-from timm_isomax.plots import plots_unavailable, save_plots  # matplotlib is imported only when a plot is drawn
+from timm_isomax.hub.folder import output_folder_problem
+from timm_isomax.ood.plots import plots_unavailable, save_plots  # matplotlib is imported only when a plot is drawn
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -39,10 +39,10 @@ import sys
 
 import datasets
 
-from timm_isomax.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
-from timm_isomax.data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
+from timm_isomax.models.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
+from timm_isomax.data.datasets import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
 from timm_isomax.cli._args import score_name
-from timm_isomax.feature_scores import DEFAULT_BANK_LIMIT
+from timm_isomax.ood.feature_scores import DEFAULT_BANK_LIMIT
 from timm_isomax.train import HEADS, TrainConfig, train
 
 

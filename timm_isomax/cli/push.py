@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from timm_isomax.hub import push_to_hub
-from timm_isomax.hub_config import load_hub_config
+from timm_isomax.hub.folder import push_to_hub
+from timm_isomax.hub.config import load_hub_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -34,13 +34,13 @@ from typing import List, Optional, Union
 
 import datasets
 
-from timm_isomax.hub import WEIGHTS_NAME, read_config, write_model_card
-from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
+from timm_isomax.hub.folder import WEIGHTS_NAME, read_config, write_model_card
+from timm_isomax.hub.config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, HubConfig, load_hub_config,
                                     metric_differences, packaged_hub_configs, write_hub_config)
 from timm_isomax.cli.finetune import main as finetune_main, parse_args as finetune_settings
 from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR, describe_changes
-from timm_isomax.provenance import recorded_provenance, weights_sha256
-from timm_isomax.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
+from timm_isomax.hub.provenance import recorded_provenance, weights_sha256
+from timm_isomax.ood.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 
 
 def train(config: HubConfig, resume: bool = False, output: Optional[str] = None) -> None:

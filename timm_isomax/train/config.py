@@ -4,11 +4,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
-from ..detectors import FEATURE_SCORES, LOGIT_SCORES, needs_features, score_problem
-from ..feature_scores import DEFAULT_BANK_LIMIT
-from ..fpr import fpr_batch_problem
-from ..model import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
+from ..data.datasets import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
+from ..ood.detectors import FEATURE_SCORES, LOGIT_SCORES, needs_features, score_problem
+from ..ood.feature_scores import DEFAULT_BANK_LIMIT
+from ..layers.fpr import fpr_batch_problem
+from ..models.classifier import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
 
 __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
 

@@ -6,9 +6,9 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..engine import predict
-from ..metrics import auroc, ood_metrics
-from ..scores import get_score
+from ..models.inference import predict
+from ..ood.metrics import auroc, ood_metrics
+from ..layers.scores import get_score
 
 __all__ = ["EvalLoaders", "Logits", "evaluate_epoch", "final_evaluation"]
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..detectors import model_parts
-from ..engine import amp_dtype
+from ..ood.detectors import model_parts
+from ..models.inference import amp_dtype
 from .._io import atomic_write
-from ..model import IsoMaxClassifier
+from ..models.classifier import IsoMaxClassifier
 
 __all__ = ["frozen_parts", "backbone_fingerprint", "FeatureCache", "compute_features"]
 

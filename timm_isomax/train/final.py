@@ -16,13 +16,13 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_sample
-from ..detectors import Outputs, Scorer, candidate_scores, model_outputs
-from ..feature_scores import FeatureBank
-from ..metrics import TPR_LEVEL, ood_metrics
-from ..ood import fit_threshold
-from ..selection import JIGSAW_SET, JigsawImages, choose_score
-from ..views import dataset_name
+from ..data.datasets import dataset_for_model, load_sample
+from ..ood.detectors import Outputs, Scorer, candidate_scores, model_outputs
+from ..ood.feature_scores import FeatureBank
+from ..ood.metrics import TPR_LEVEL, ood_metrics
+from ..ood.deploy import fit_threshold
+from ..ood.selection import JIGSAW_SET, JigsawImages, choose_score
+from ..data.views import dataset_name
 from .config import TrainConfig
 from .features import FeatureCache, frozen_parts
 

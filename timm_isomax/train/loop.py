@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm  # imported here, not in the epoch: its first import would be timed as training
 
-from ..engine import amp_dtype
-from ..losses import NonFiniteLossError
+from ..models.inference import amp_dtype
+from ..layers.losses import NonFiniteLossError
 from .config import TrainConfig
 from .runtime import Runtime, StopRequest
 

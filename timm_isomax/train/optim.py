@@ -8,8 +8,8 @@ import timm.scheduler
 import torch
 from torch import nn
 
-from ..fpr import FractionalProbability
-from ..losses import DisMaxLoss, IsoMaxLoss, IsoMaxPlusLoss
+from ..layers.fpr import FractionalProbability
+from ..layers.losses import DisMaxLoss, IsoMaxLoss, IsoMaxPlusLoss
 from .config import TrainConfig
 
 __all__ = ["make_loss", "make_optimization", "classifier_of", "BatchTransform"]

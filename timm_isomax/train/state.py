@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from ..conversion import ConversionReport
+from ..models.conversion import ConversionReport
 from .._io import atomic_write
 
 __all__ = ["check_resumed_settings", "changed_settings", "describe_changes", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",

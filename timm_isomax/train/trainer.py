@@ -8,15 +8,15 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_labelled_splits, load_sample, model_data_config
-from ..hub import WEIGHTS_NAME, output_folder_problem, read_config, save_pretrained
-from ..provenance import recorded_provenance, weights_sha256
-from ..metrics import TPR_LEVEL
-from ..model import IsoMaxClassifier
+from ..data.datasets import dataset_for_model, load_labelled_splits, load_sample, model_data_config
+from ..hub.folder import WEIGHTS_NAME, output_folder_problem, read_config, save_pretrained
+from ..hub.provenance import recorded_provenance, weights_sha256
+from ..ood.metrics import TPR_LEVEL
+from ..models.classifier import IsoMaxClassifier
 from .config import TrainConfig
 from .evaluate import EvalLoaders, evaluate_epoch
 from .features import FeatureCache
-from ..views import dataset_name
+from ..data.views import dataset_name
 from .final import FinalSets, final_evaluation
 from .loop import EpochProgress, train_epoch
 from .optim import classifier_of, make_optimization

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ._io import atomic_write
-from .model import HEAD_TYPES, head_type_of_name
+from .._io import atomic_write
+from ..models.classifier import HEAD_TYPES, head_type_of_name
 
 __all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "metric_differences",
            "HUB_CONFIG_PACKAGE", "SAME_WEIGHTS_TOLERANCE", "RETRAINED_TOLERANCE"]

@@ -46,15 +46,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .detectors import KNN_KS
-from .engine import interleaved_medians
-from .metrics import METRIC_NAMES
-from .model import HEAD_TITLES
-from .train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
-from .views import dataset_name
-from .train.state import write_json
+from ..ood.detectors import KNN_KS
+from ..models.inference import interleaved_medians
+from ..ood.metrics import METRIC_NAMES
+from ..models.classifier import HEAD_TITLES
+from ..train import EVALUATION_NAME, HEADS, LOG_NAME, TRAINING_DIR, TrainConfig, train
+from ..data.views import dataset_name
+from ..train.state import write_json
 
-__all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "heads_problem", "run_protocol", "load_runs", "summarize",
+__all__ = ["BenchmarkProtocol", "load_protocol", "smoke_version", "heads_problem", "missing_inputs", "run_protocol", "load_runs", "summarize",
            "markdown_table", "headline_table", "validated_headline_table", "test_validated_headline_table", "CHOSEN", "result_tables", "fill_result_tables", "SCORE_LABELS", "TABLE_METRICS",
            "inference_throughput", "hardware_description"]
 
@@ -180,7 +180,7 @@ def smoke_version(protocol: BenchmarkProtocol) -> BenchmarkProtocol:
 
 
 # Dataset views (JSON files, timm_isomax.views) that protocols name, e.g. the clean near-OOD set of CIFAR-10.
-VIEWS_FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "views"
+VIEWS_FOLDER = Path(__file__).resolve().parents[2] / "benchmarks" / "views"
 
 
 def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:
@@ -305,9 +305,9 @@ def _row(cfg: TrainConfig) -> Dict[str, Any]:
 def _source_row(protocol: BenchmarkProtocol, data_root, output: Path, device: torch.device) -> Dict[str, Any]:
     """The start checkpoint itself, not fine-tuned, scored with the SoftMax scores on the same test and OOD
     sets (computed once per protocol, kept in ``<output>/<protocol>/source.json``)."""
-    from .conversion import load_softmax_model
-    from .evaluation import evaluate_model, load_eval_set
-    from .train.config import HEAD_SCORES
+    from ..models.conversion import load_softmax_model
+    from ..ood.evaluation import evaluate_model, load_eval_set
+    from ..train.config import HEAD_SCORES
 
     path = output / protocol.name / "source.json"
     if path.exists():
@@ -332,8 +332,8 @@ def _measure_throughput(run: Dict, protocol: BenchmarkProtocol, configs: Dict[st
     """Inference images per second of each trained head of the seed, timed side by side."""
     import timm
 
-    from .data import class_count, dataset_for_model, find_columns, load_image_dataset
-    from .train.start_model import data_config_overrides, model_kwargs
+    from ..data.datasets import class_count, dataset_for_model, find_columns, load_image_dataset
+    from ..train.start_model import data_config_overrides, model_kwargs
 
     arch = {row["head"]: row["arch"] for row in run["rows"]}
     models, num_classes = {}, None

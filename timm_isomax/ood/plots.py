@@ -17,7 +17,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from .metrics import TPR_LEVEL, as_score_array, ood_metrics, roc_curve
-from .ood import fit_threshold
+from .deploy import fit_threshold
 
 __all__ = ["ScorePanel", "plot_score_histograms", "plot_roc_curves", "save_plots", "plot_benchmark", "plots_unavailable"]
 

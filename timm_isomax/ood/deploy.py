@@ -26,7 +26,7 @@ from torch import nn
 from .detectors import FEATURE_SCORES, Scorer, model_parts, needs_features, score_problem
 from .feature_scores import feature_bank_of
 from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
-from .scores import get_score
+from ..layers.scores import get_score
 
 __all__ = ["fit_threshold", "fit_ood_threshold", "ood_scores", "is_ood", "predict", "Prediction"]
 
@@ -107,7 +107,7 @@ def _batch(model: nn.Module, images: Images) -> torch.Tensor:
     if isinstance(images, Image.Image):
         images = [images]
     if not isinstance(images, torch.Tensor):
-        from .data import model_transform  # here, not at import: it pulls in `datasets` (~0.5 s)
+        from ..data.datasets import model_transform  # here, not at import: it pulls in `datasets` (~0.5 s)
 
         transform, mode = model_transform(model)
         images = torch.stack([transform(image.convert(mode)) for image in images])

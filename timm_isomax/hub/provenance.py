@@ -24,7 +24,7 @@ import safetensors
 import torch
 
 if TYPE_CHECKING:
-    from .hub_config import HubConfig
+    from .config import HubConfig
 
 __all__ = ["weights_sha256", "recorded_provenance", "folder_mismatch", "check_folder_matches", "PROVENANCE_KEY",
            "DATA_CONFIG_KEYS"]
@@ -81,7 +81,7 @@ def folder_mismatch(folder: Union[str, Path], config: "HubConfig") -> Optional[s
     names, the data config. A hub config measured before hashes were recorded has no hash: that is a
     difference too (nothing says which weights its numbers describe).
     """
-    from .hub import WEIGHTS_NAME, read_config
+    from .folder import WEIGHTS_NAME, read_config
 
     folder = Path(folder)
     saved = read_config(folder)

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import amp_dtype
+from ..models.inference import amp_dtype
 from .feature_scores import FeatureBank, feature_norm, knn, norm_cosine
-from .scores import SCORES, get_score
+from ..layers.scores import SCORES, get_score
 
 __all__ = ["LOGIT_SCORES", "FEATURE_SCORES", "KNN_KS", "POSTHOC_SCORES", "LINEAR_ONLY_SCORES", "Outputs",
            "model_parts", "model_outputs", "candidate_scores", "is_score_name", "needs_features", "score_problem",
@@ -64,8 +64,8 @@ def model_parts(model: nn.Module) -> Tuple[Callable[[torch.Tensor], torch.Tensor
     """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``: the pre-logits and the IsoMax
     head, or the pre-logits and a linear classifier (checked to be the whole head on the loaded weights). Else a
     one-line ``ValueError`` saying why (e.g. a head that does more than one linear layer)."""
-    from .conversion import linear_classifier
-    from .model import IsoMaxClassifier
+    from ..models.conversion import linear_classifier
+    from ..models.classifier import IsoMaxClassifier
 
     def features_of(images: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(images), pre_logits=True)

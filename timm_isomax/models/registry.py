@@ -32,11 +32,11 @@ import torch
 from timm.models import get_arch_pretrained_cfgs, load_pretrained, register_model, resolve_pretrained_cfg
 
 from . import isomax_models
-from ._timm_compat import DefaultCfg, PretrainedCfg
+from .._timm_compat import DefaultCfg, PretrainedCfg
 from .conversion import ConversionReport, convert_softmax_model
-from .hub import IMPORT_HINT, check_model_folder, hub_downloads, timm_weight_downloads
-from .hub_config import HubConfig, packaged_hub_configs
-from .model import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
+from ..hub.folder import IMPORT_HINT, check_model_folder, hub_downloads, timm_weight_downloads
+from ..hub.config import HubConfig, packaged_hub_configs
+from .classifier import BACKBONE_PREFIX, HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = [
     "register_isomax_variants",

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import dataset_for_model, find_columns, image_digests, load_sample
+from ..data.datasets import dataset_for_model, find_columns, image_digests, load_sample
 from .detectors import Outputs, Scorer, candidate_scores, model_outputs, model_parts, needs_features, score_problem
-from .engine import predict
+from ..models.inference import predict
 from .feature_scores import feature_bank_of
 from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
-from .model import IsoMaxClassifier
-from .registry import create_model
-from .views import dataset_name
+from ..models.classifier import IsoMaxClassifier
+from ..models.registry import create_model
+from ..data.views import dataset_name
 
 __all__ = [
     "EvalSet",
@@ -363,7 +363,7 @@ def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[
         >>> source, converted, model = evaluate_conversion(load_softmax_model("resnet50.a1_in1k"), id_set, [ood])
         >>> converted.accuracy - source.accuracy
     """
-    from .conversion import convert_softmax_model
+    from ..models.conversion import convert_softmax_model
 
     softmax.eval()
     source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **kwargs)

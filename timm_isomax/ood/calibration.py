@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import engine
+from ..models import inference as engine
 
 __all__ = ["expected_calibration_error", "negative_log_likelihood", "fit_temperature", "calibrate_temperature",
            "CalibrationResult"]

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Optional, Set, Union
 import torch
 from torch import nn
 
-from . import _timm_compat
-from .heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
+from .. import _timm_compat
+from ..layers.heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
 __all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "HEAD_TITLES", "head_type_of_name",
            "isomax_layer_names", "ood_config_problem"]
@@ -59,7 +59,7 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
     ``score``: a score name (:func:`timm_isomax.detectors.is_score_name`); ``threshold``: a finite number or None;
     ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
     """
-    from .detectors import is_score_name, score_problem
+    from ..ood.detectors import is_score_name, score_problem
 
     if not isinstance(ood_config, dict):
         return f"ood_config must be an object with keys {list(OOD_CONFIG_KEYS)}, got {type(ood_config).__name__}"

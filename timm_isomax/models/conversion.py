@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._timm_compat import model_input_size
+from .._timm_compat import model_input_size
 from .checkpoints import KeyMap, load_checkpoint_into, read_state_dict, remap_keys, resolve_key_map
-from .model import HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
+from .classifier import HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = ["ConversionReport", "convert_softmax_model", "linear_classifier", "class_mean_prototypes",
            "load_softmax_model", "uses_unit_vectors"]

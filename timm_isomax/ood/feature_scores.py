@@ -128,7 +128,7 @@ class FeatureBank:
 
     def save(self, folder: Union[str, Path]) -> Path:
         """Write ``<folder>/feature_bank.safetensors`` (atomically); returns its path."""
-        from ._io import atomic_write
+        from .._io import atomic_write
 
         path = Path(folder) / FEATURE_BANK_NAME
         metadata = {"source": self.source, "total_rows": str(self.total_rows), "format": "timm-isomax feature bank 1"}

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Opt
 import safetensors.torch
 import torch
 
-from . import _timm_compat
-from ._io import atomic_write
-from .feature_scores import FEATURE_BANK_NAME, FeatureBank
-from .model import HEAD_TITLES, IsoMaxClassifier, ood_config_problem
+from .. import _timm_compat
+from .._io import atomic_write
+from ..ood.feature_scores import FEATURE_BANK_NAME, FeatureBank
+from ..models.classifier import HEAD_TITLES, IsoMaxClassifier, ood_config_problem
 from .provenance import PROVENANCE_KEY, check_folder_matches, recorded_provenance, weights_sha256
 
 if TYPE_CHECKING:  # hub_config imports this module
     from huggingface_hub import EvalResult, HfApi, ModelInfo
 
-    from .hub_config import HubConfig
+    from .config import HubConfig
 
 __all__ = [
     "save_pretrained",
@@ -772,7 +772,7 @@ def push_to_hub(
     """
     from huggingface_hub import CommitOperationAdd
 
-    from .hub_config import load_hub_config, write_hub_config
+    from .config import load_hub_config, write_hub_config
 
     config = hub_config if not isinstance(hub_config, (str, Path)) else load_hub_config(hub_config)
     if dry_run:

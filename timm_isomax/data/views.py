@@ -71,7 +71,7 @@ def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
         >>> sorted(near), len(near["val"]) + len(near["test"])
         (['test', 'val'], 8650)
     """
-    from .data import column_values, find_columns, load_image_dataset
+    from .datasets import column_values, find_columns, load_image_dataset
 
     path = Path(path)
     view = json.loads(path.read_text())

@@ -23,6 +23,7 @@ import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
 from timm_isomax.benchmark import hardware_description
 from timm_isomax.conversion import load_softmax_model
 from timm_isomax.evaluation import evaluate_conversion, evaluate_model, load_eval_set, load_model
+from timm_isomax.metrics import percent
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = os.environ.get("TIMM_ISOMAX_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
@@ -71,8 +72,8 @@ def measure_source(source: dict, data_root: str, limit, settings: dict) -> dict:
     return row
 
 
-def _percent(value):
-    return "" if value is None else f"{100 * value:.2f}"
+def _shown(value) -> str:
+    return percent(value, missing="")
 
 
 def markdown(rows) -> str:
@@ -81,10 +82,10 @@ def markdown(rows) -> str:
     for row in rows:
         for ood, result in row["ood"].items():
             lines.append(
-                f"| {row['name']} | {row['id_dataset']} ({row['images']}) | {_percent(row['softmax_accuracy'])} "
-                f"| {_percent(row['zero_shot_accuracy'])} | {_percent(row.get('finetuned_accuracy'))} | {ood} "
-                f"| {_percent(result['best_softmax_auroc'])} ({result['best_softmax_score']}) "
-                f"| {_percent(result['zero_shot_mds_auroc'])} | {_percent(result['finetuned_mds_auroc'])} |")
+                f"| {row['name']} | {row['id_dataset']} ({row['images']}) | {_shown(row['softmax_accuracy'])} "
+                f"| {_shown(row['zero_shot_accuracy'])} | {_shown(row.get('finetuned_accuracy'))} | {ood} "
+                f"| {_shown(result['best_softmax_auroc'])} ({result['best_softmax_score']}) "
+                f"| {_shown(result['zero_shot_mds_auroc'])} | {_shown(result['finetuned_mds_auroc'])} |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from timm_isomax import IsoMaxPlusHead
-from timm_isomax.engine import interleaved_medians
+from timm_isomax.benchmark import interleaved_medians
 
 SHAPES = [(256, 2048, 1000), (256, 1024, 21843)]
 # --scaling: C from 100 to ImageNet-21k at B = 256, then B from 32 to 1024 at C = 1000

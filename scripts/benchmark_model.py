@@ -18,7 +18,8 @@ import timm
 import torch
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.engine import amp_dtype, interleaved_medians
+from timm_isomax.benchmark import interleaved_medians
+from timm_isomax.models.inference import amp_dtype
 
 
 def training_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, images: torch.Tensor,

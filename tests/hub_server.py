@@ -394,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def post_validate_yaml(self, body: bytes, query) -> None:
         content = json.loads(body)["content"]
-        errors = _card_metadata_errors(content)
+        errors = card_metadata_errors(content)
         if errors:
             return self._json(400, {"errors": [{"message": e} for e in errors]})
         self._json(200, {"errors": [], "warnings": []})
@@ -497,7 +497,7 @@ _ROUTES = [
 
 
 # --- the Hub's model card metadata checks (hub-docs modelcard.md, "model-index") ----------------------
-def _card_metadata_errors(readme: str) -> List[str]:
+def card_metadata_errors(readme: str) -> List[str]:
     """What the Hub's validate-yaml would reject in a README's front matter."""
     if not readme.startswith("---\n"):
         return []  # no metadata: the Hub only warns

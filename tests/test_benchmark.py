@@ -235,8 +235,8 @@ def test_finished_runs_are_read_back_and_other_definitions_refused(shared_data, 
         row["throughput"] = 1.0
     (tmp_path / protocol.name).mkdir()
     (tmp_path / protocol.name / "seed0.json").write_text(json.dumps(saved))
-    from timm_isomax.benchmark import protocol_runs as benchmark
-    monkeypatch.setattr(benchmark, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    from timm_isomax.benchmark import runner
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     assert run_protocol(protocol, shared_data, output=tmp_path, runs=tmp_path / "runs") == [saved]
     changed = dataclasses.replace(protocol, train=dict(protocol.train, img_size=28))
     with pytest.raises(ValueError, match="different definition"):
@@ -252,10 +252,10 @@ def test_a_protocol_that_gains_a_head_trains_only_that_head_into_the_finished_se
     saved["protocol"] = dict(protocol.to_json(), heads=["softmax", "isomaxplus"])
     (tmp_path / protocol.name).mkdir()
     (tmp_path / protocol.name / "seed0.json").write_text(json.dumps(saved))
-    from timm_isomax.benchmark import protocol_runs as benchmark
+    from timm_isomax.benchmark import runner
     trained = []
-    monkeypatch.setattr(benchmark, "train", lambda cfg: trained.append((cfg.head, cfg.dismax_fpr)))
-    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    monkeypatch.setattr(runner, "train", lambda cfg: trained.append((cfg.head, cfg.dismax_fpr)))
+    monkeypatch.setattr(runner, "result_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
     grown = dataclasses.replace(protocol, heads=("softmax", "isomaxplus", "dismax"),
                                 head_settings={"dismax": {"dismax_fpr": True}})
     (run,) = run_protocol(grown, shared_data, output=tmp_path, runs=tmp_path / "runs", throughput_rounds=0)
@@ -274,7 +274,7 @@ def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_
     # adds a row, so neither overwrites the other's rows with its stale copy
     import threading
 
-    from timm_isomax.benchmark import protocol_runs as benchmark
+    from timm_isomax.benchmark import runner
     protocol = load_protocol(PROTOCOLS / "mnist.json")  # all four heads
     protocol = dataclasses.replace(protocol, seeds=(0,))
     trained = []
@@ -282,10 +282,10 @@ def test_benchmarks_of_other_heads_of_the_same_seed_may_run_side_by_side(shared_
     def slow_train(cfg):  # the two "runs" overlap: each ends while the other is still training
         time.sleep({"softmax": 0.1, "isomaxplus": 0.3, "isomax": 0.5, "dismax": 0.4}[cfg.head])
         trained.append(cfg.head)
-    monkeypatch.setattr(benchmark, "train", slow_train)
-    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    monkeypatch.setattr(runner, "train", slow_train)
+    monkeypatch.setattr(runner, "result_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
     measured = []
-    monkeypatch.setattr(benchmark, "_measure_throughput",
+    monkeypatch.setattr(runner, "measure_throughput",
                         lambda run, *a: measured.append(sorted(r["head"] for r in run["rows"])) or
                         {r["head"]: 1.0 for r in run["rows"]})
     threads = [threading.Thread(target=run_protocol, args=(protocol, shared_data, tmp_path, tmp_path / "runs"),
@@ -315,14 +315,14 @@ def test_a_run_resumed_from_an_earlier_session_counts_that_sessions_epochs_in_it
                                                                                       monkeypatch):
     # a run stopped by a session's end and resumed in the next: the new process times only its own part, so
     # the epochs of the log it resumes count too (else the docs' "min of runs" undercounts the grid)
-    from timm_isomax.benchmark import protocol_runs as benchmark
+    from timm_isomax.benchmark import runner
     protocol = dataclasses.replace(smoke_version(load_protocol(PROTOCOLS / "mnist.json")),
                                    heads=("softmax", "isomax"), head_settings={})
     earlier = tmp_path / "runs" / protocol.name / "seed0" / "softmax" / "training" / "log.jsonl"
     earlier.parent.mkdir(parents=True)
     earlier.write_text(json.dumps({"epoch": 1, "seconds": 1000.0}) + "\n" + json.dumps({"epoch": 2, "seconds": 500.0}))
-    monkeypatch.setattr(benchmark, "train", lambda cfg: None)
-    monkeypatch.setattr(benchmark, "_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
+    monkeypatch.setattr(runner, "train", lambda cfg: None)
+    monkeypatch.setattr(runner, "result_row", lambda cfg: dict(head=cfg.head, accuracy=0.5, train_seconds=1.0, metrics={}))
     (run,) = run_protocol(protocol, shared_data, tmp_path / "results", tmp_path / "runs", throughput_rounds=0,
                           log=lambda _: None)
     wall = {row["head"]: row["wall_seconds"] for row in run["rows"]}

@@ -11,7 +11,7 @@ from timm_isomax.calibration import (
     negative_log_likelihood,
 )
 from timm_isomax.data import ImageDataset, load_image_dataset
-from timm_isomax.engine import predict as predict_logits
+from timm_isomax.models.inference import predict_logits
 from timm_isomax.data import model_transform
 from timm_isomax.hub import read_config, save_pretrained
 from timm_isomax.metrics import roc_curve

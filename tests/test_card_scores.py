@@ -12,13 +12,13 @@ from timm_isomax.feature_scores import FEATURE_BANK_NAME, FeatureBank, feature_b
 from timm_isomax.hub import prepare_repo_folder, render_model_card
 
 from .conftest import prelogit_features
-from .test_hub import _saved_model, _test_config
+from .hub_models import saved_model, measured_hub_config
 
 
 @pytest.fixture(scope="module")
 def folder_with_bank(tmp_path_factory, shared_data):
     folder = tmp_path_factory.mktemp("model_with_bank")
-    model = _saved_model(folder)
+    model = saved_model(folder)
     features, labels = prelogit_features(model, str(shared_data / "mnist"), "train", 200)
     FeatureBank.build(features, labels, source="mnist:train").save(folder)
     (folder / "training").mkdir()
@@ -31,17 +31,17 @@ def folder_with_bank(tmp_path_factory, shared_data):
 
 def test_the_card_says_how_the_score_was_chosen_and_what_the_bank_holds(folder_with_bank, tmp_path):
     folder, _ = folder_with_bank
-    card = render_model_card(_test_config(folder, tmp_path), folder)
+    card = render_model_card(measured_hub_config(folder, tmp_path), folder)
     assert "OOD score `knn50`, chosen on validation data only" in card and "(jigsaw)" in card
     assert "`knn50` 91.00, `mds` 80.00" in card  # the validation AUROCs behind the choice, best first
     assert f"Feature bank: `{FEATURE_BANK_NAME}`, 200 training features of width 512 (0.4 MB; from mnist:train)" in card
-    assert "Feature bank" not in render_model_card(_test_config(folder, tmp_path))  # no folder, no claim
+    assert "Feature bank" not in render_model_card(measured_hub_config(folder, tmp_path))  # no folder, no claim
 
 
 def test_the_bank_goes_to_the_hub_with_the_weights_and_loads_back(folder_with_bank, tmp_path):
     folder, features = folder_with_bank
     out = tmp_path / "repo"
-    files = prepare_repo_folder(folder, _test_config(folder, tmp_path), out)
+    files = prepare_repo_folder(folder, measured_hub_config(folder, tmp_path), out)
     assert [path.name for path in files] == ["config.json", "model.safetensors", FEATURE_BANK_NAME, "README.md"]
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     bank = feature_bank_of(model)

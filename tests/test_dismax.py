@@ -436,14 +436,14 @@ def test_a_dismax_fpr_run_trains_evaluates_and_saves(tmp_path):
 
 
 def test_a_protocol_gives_head_settings_to_their_head_only(tmp_path):
-    from timm_isomax.benchmark.protocol_runs import _train_config, load_protocol
+    from timm_isomax.benchmark import load_protocol, train_config
 
     definition = dict(name="p", id_dataset="id", ood_datasets=["o"], heads=["softmax", "isomaxplus", "dismax"],
                       train=dict(model="resnet10t", from_scratch=True, batch_size=32),
                       head_settings={"dismax": {"dismax_fpr": True}})
     (tmp_path / "p.json").write_text(json.dumps(definition))
     protocol = load_protocol(tmp_path / "p.json")
-    configs = {head: _train_config(protocol, head, 0, None, tmp_path, None) for head in protocol.heads}
+    configs = {head: train_config(protocol, head, 0, None, tmp_path, None) for head in protocol.heads}
     assert [configs[h].dismax_fpr for h in protocol.heads] == [False, False, True]
     assert configs["dismax"].batch_size == configs["softmax"].batch_size == 32  # the shared recipe
     assert protocol.to_json()["head_settings"] == {"dismax": {"dismax_fpr": True}}

@@ -14,7 +14,7 @@ from timm_isomax.detectors import Scorer, candidate_scores, is_score_name, score
 from timm_isomax.feature_scores import FeatureBank, feature_norm, knn, norm_cosine
 from timm_isomax.metrics import auroc
 from timm_isomax.selection import JigsawImages, choose_score, jigsaw
-from timm_isomax.views import load_view
+from timm_isomax.data import load_view
 
 from .conftest import AKAMASTER_RESNET20, prelogit_features
 

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-import safetensors.torch
 import timm
 import torch
 
 import timm_isomax
-from timm_isomax.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_to_hub, render_model_card, save_pretrained
-from timm_isomax.hub_config import HubConfig, load_hub_config, packaged_hub_configs, write_hub_config
+from timm_isomax.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, push_to_hub, render_model_card
+from timm_isomax.hub_config import load_hub_config, packaged_hub_configs
 from timm_isomax.provenance import recorded_provenance, weights_sha256
 
+from .hub_models import (ARCH, measured_hub_config, other_folder, other_weights, saved_model,
+                         swapped_weights_file)
+
 ROOT = Path(__file__).resolve().parents[1]
-ARCH = "resnet10t_isomaxplus"
 CACHED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -28,25 +29,10 @@ def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _saved_model(folder, num_classes=10, tag="test", seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(ARCH, num_classes=num_classes).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, so a wrong load shows
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    # as a trained model has it (its card's usage snippet prints is_ood); _test_config records the same
-    model.update_ood_config(threshold=-1.5, tpr=0.95, fitted_on="mnist:test")
-    save_pretrained(model, folder, label_names=[f"c{i}" for i in range(num_classes)], tag=tag,
-                    data_config={"input_size": (3, 32, 32)})
-    return model
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
-    return _saved_model(folder), folder
+    return saved_model(folder), folder
 
 
 def _install_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
@@ -97,8 +83,8 @@ def test_hf_hub_name_loads_through_the_offline_cache(saved, images, offline_cach
 
 
 def test_published_tag_loads_isomax_weights_from_its_pushed_commit(tmp_path, images, offline_cache):
-    model = _saved_model(tmp_path / "published", tag="pushed")
-    config = dataclasses.replace(_test_config(tmp_path / "published", tmp_path), tag="pushed",
+    model = saved_model(tmp_path / "published", tag="pushed")
+    config = dataclasses.replace(measured_hub_config(tmp_path / "published", tmp_path), tag="pushed",
                                  published=dict(revision=CACHED_COMMIT, weights_sha256="0" * 64))
     _install_in_hf_cache(offline_cache, config.repo_id, tmp_path / "published")
     assert timm_isomax.register_hub_config(config) == f"{ARCH}.pushed"
@@ -130,8 +116,8 @@ def test_hub_weights_missing_from_the_cache_fail_at_once_in_one_line_naming_the_
     cache.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
-    _saved_model(tmp_path / "published", tag="elsewhere")
-    config = dataclasses.replace(_test_config(tmp_path / "published", tmp_path), tag="elsewhere",
+    saved_model(tmp_path / "published", tag="elsewhere")
+    config = dataclasses.replace(measured_hub_config(tmp_path / "published", tmp_path), tag="elsewhere",
                                  repo_id="test-org/never-pushed", published=dict(revision=None, weights_sha256="0" * 64))
     timm_isomax.register_hub_config(config)
     for name in (f"{ARCH}.elsewhere", "hf-hub:test-org/never-pushed"):
@@ -187,24 +173,10 @@ def test_invalid_hub_config_gives_a_one_line_error(tmp_path):
 
 
 # --- publishing -----------------------------------------------------------------------------------
-def _test_config(folder: Path, tmp_path: Path) -> HubConfig:
-    config = HubConfig(
-        repo_id="test-org/resnet10t_isomaxplus.test", architecture=ARCH, tag="test", source_checkpoint=str(folder),
-        dataset=dict(name="mnist", path="../shared/data/mnist", hub_id="ylecun/mnist", train_split="train",
-                     eval_split="test"),
-        ood_datasets=[dict(name="notmnist", path="../shared/data/notmnist", split="test")],
-        finetune_args=["--model", ARCH, "--from-scratch", "--output", str(folder)], license="apache-2.0",
-        label_names=[f"c{i}" for i in range(10)], data_config={"input_size": [3, 32, 32]},
-        metrics=dict(accuracy=0.9, id_images=100, ood_images={"notmnist": 100}, score="mds",
-                     ood={"notmnist": dict(auroc=0.8, fpr_at_95_tpr=0.5), "mean": dict(auroc=0.8, fpr_at_95_tpr=0.5)},
-                     conventions={"auroc": "AUROC, ID positive"}, threshold=-1.5, threshold_tpr=0.95,
-                     threshold_fitted_on="mnist:test", temperature=1.0, command="timm-isomax reproduce x.json",
-                     weights_sha256=weights_sha256(folder / WEIGHTS_NAME)))
-    return load_hub_config(write_hub_config(config, tmp_path / "test.json"))
 
 
 def test_model_card_has_the_required_fields(saved, tmp_path):
-    config = _test_config(saved[1], tmp_path)
+    config = measured_hub_config(saved[1], tmp_path)
     card = render_model_card(config)
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     for line in ("library_name: timm", "license: apache-2.0", "- image-classification", "- timm",
@@ -220,7 +192,7 @@ def test_model_card_has_the_required_fields(saved, tmp_path):
 
 
 def test_a_card_says_when_validation_was_the_test_data(saved, tmp_path):
-    config = _test_config(saved[1], tmp_path)
+    config = measured_hub_config(saved[1], tmp_path)
     assert "Validation data:" not in render_model_card(config)  # the recipe holds out its own validation
     named = dataclasses.replace(config, finetune_args=[*config.finetune_args, "--val-split", "test"])
     assert ("Validation data: validation is the 'test' split (--val-split test), so the deployment threshold and the "
@@ -231,7 +203,7 @@ def test_a_card_says_when_validation_was_the_test_data(saved, tmp_path):
 
 
 def test_a_dismax_hub_config_gets_a_dismax_card_and_other_suffixes_are_refused(saved, tmp_path):
-    config = _test_config(saved[1], tmp_path)
+    config = measured_hub_config(saved[1], tmp_path)
     path = tmp_path / "dismax.json"
     path.write_text(json.dumps({**config.to_json(), "architecture": "resnet10t_dismax", "repo_id": "test-org/d"}))
     dismax = load_hub_config(path)
@@ -261,7 +233,7 @@ def test_every_hub_config_card_carries_model_index_metrics_that_parse_back(name,
     from huggingface_hub import ModelCard, metadata_load
     from huggingface_hub.repocard_data import model_index_to_eval_results
 
-    from .hub_server import _card_metadata_errors
+    from .hub_server import card_metadata_errors
 
     config = next(c for c in packaged_hub_configs() if c.name == name)
     assert config.metrics, f"{config.path} is not measured"
@@ -283,28 +255,28 @@ def test_every_hub_config_card_carries_model_index_metrics_that_parse_back(name,
     ood_rows = [r for r in results if r.metric_type != "accuracy"]
     assert all("(OOD)" in r.dataset_name and "(ID)" in r.dataset_name and config.metrics["score"] in r.task_name
                for r in ood_rows)
-    assert _card_metadata_errors(path.read_text()) == []  # the test Hub's own schema check agrees
+    assert card_metadata_errors(path.read_text()) == []  # the test Hub's own schema check agrees
     # the table in the body prints the same numbers
     for (_, metric_type), value in parsed.items():
         assert f"{value:.2f}" in card.text
 
 
 def test_an_unmeasured_card_has_no_model_index_and_a_broken_one_is_caught(saved, tmp_path):
-    from .hub_server import _card_metadata_errors
+    from .hub_server import card_metadata_errors
 
-    config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
+    config = dataclasses.replace(measured_hub_config(saved[1], tmp_path), metrics=None)
     card = render_model_card(config)
-    assert "model-index" not in card and _card_metadata_errors(card) == []
+    assert "model-index" not in card and card_metadata_errors(card) == []
     # no threshold recorded: the snippet prints scores, not is_ood (which would raise "no OOD threshold")
     assert "p.is_ood" not in card and "timm_isomax.ood_scores(model, [image])" in card and "fit_ood_threshold" in card
     # the check can fail: a metric without a value, as a hand-edited card might have it
-    broken = render_model_card(_test_config(saved[1], tmp_path)).replace("value: 90.0", "value: null", 1)
+    broken = render_model_card(measured_hub_config(saved[1], tmp_path)).replace("value: 90.0", "value: null", 1)
     assert "value: null" in broken
-    assert any("value" in e for e in _card_metadata_errors(broken))
+    assert any("value" in e for e in card_metadata_errors(broken))
 
 
 def test_push_refuses_unmeasured_config(saved, tmp_path):
-    config = dataclasses.replace(_test_config(saved[1], tmp_path), metrics=None)
+    config = dataclasses.replace(measured_hub_config(saved[1], tmp_path), metrics=None)
     with pytest.raises(ValueError, match="timm-isomax reproduce"):
         push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")
 
@@ -313,44 +285,16 @@ def test_saved_folders_record_the_hash_of_their_weights_and_a_re_export_keeps_it
     model, folder = saved
     recorded = recorded_provenance(json.loads((folder / CONFIG_NAME).read_text()))["weights_sha256"]
     assert recorded == weights_sha256(folder / WEIGHTS_NAME) == weights_sha256(model.state_dict())
-    push_to_hub(folder, _test_config(folder, tmp_path), dry_run=True, dry_run_dir=tmp_path / "dry")
+    push_to_hub(folder, measured_hub_config(folder, tmp_path), dry_run=True, dry_run_dir=tmp_path / "dry")
     assert weights_sha256(tmp_path / "dry" / WEIGHTS_NAME) == recorded  # the tensors, not the file's header
     nudged = {k: v.clone() for k, v in model.state_dict().items()}
     nudged["head.prototypes"][0, 0] += 1e-3
     assert weights_sha256(nudged) != recorded
 
 
-def _other_folder(saved, tmp_path, name, change):
-    # a copy of the measured folder with one thing changed, as a user's mix-up would leave it
-    folder = tmp_path / name
-    shutil.copytree(saved[1], folder)
-    config = json.loads((folder / CONFIG_NAME).read_text())
-    change(folder, config)
-    (folder / CONFIG_NAME).write_text(json.dumps(config))
-    return folder
-
-
-def _other_model():
-    torch.manual_seed(1)
-    return timm.create_model(ARCH, num_classes=10)
-
-
-def _other_weights(folder, config):
-    # same architecture, labels and preprocessing, other weights, saved properly (its own hash recorded)
-    save_pretrained(_other_model(), folder, label_names=config["label_names"], data_config={"input_size": (3, 32, 32)})
-    config.clear()
-    config.update(json.loads((folder / CONFIG_NAME).read_text()))
-
-
-def _swapped_weights_file(folder, config):
-    # another model.safetensors copied over the folder's own
-    state_dict = {k: v.contiguous() for k, v in _other_model().state_dict().items()}
-    safetensors.torch.save_file(state_dict, str(folder / WEIGHTS_NAME))
-
-
 @pytest.mark.parametrize("name, change, message", [
-    ("other_weights", _other_weights, "not the ones .* were measured on"),
-    ("swapped_file", _swapped_weights_file, "not the file its config.json was saved with"),
+    ("other_weights", other_weights, "not the ones .* were measured on"),
+    ("swapped_file", swapped_weights_file, "not the file its config.json was saved with"),
     ("other_labels", lambda folder, config: config.update(label_names=[f"d{i}" for i in range(10)]), "label names"),
     ("other_size", lambda folder, config: config["pretrained_cfg"].update(input_size=[3, 64, 64]), "input_size"),
     ("other_arch", lambda folder, config: config.update(architecture="resnet18_isomaxplus"), "resnet18_isomaxplus model"),
@@ -358,8 +302,8 @@ def _swapped_weights_file(folder, config):
 def test_push_refuses_a_folder_that_is_not_the_model_the_card_describes(saved, tmp_path, name, change, message):
     # the case that wrote a Fashion-MNIST model under the MNIST card: nothing compared them. The same check
     # runs before any contact with the Hub (test_hub_http.py: not one request reaches the server)
-    config = _test_config(saved[1], tmp_path)
-    folder = _other_folder(saved, tmp_path, name, change)
+    config = measured_hub_config(saved[1], tmp_path)
+    folder = other_folder(saved, tmp_path, name, change)
     with pytest.raises(ValueError, match=f"^refusing to publish: .*{message}") as error:
         push_to_hub(folder, config, dry_run=True, dry_run_dir=tmp_path / "dry")
     assert "\n" not in str(error.value)
@@ -367,7 +311,7 @@ def test_push_refuses_a_folder_that_is_not_the_model_the_card_describes(saved, t
 
 
 def test_push_refuses_a_config_measured_before_hashes_were_recorded(saved, tmp_path):
-    config = _test_config(saved[1], tmp_path)
+    config = measured_hub_config(saved[1], tmp_path)
     config.metrics.pop("weights_sha256")
     with pytest.raises(ValueError, match="records no weights hash.*reproduce --evaluate-only"):
         push_to_hub(saved[1], config, dry_run=True, dry_run_dir=tmp_path / "dry")

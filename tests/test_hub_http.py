@@ -24,9 +24,9 @@ from timm_isomax.hub_config import load_hub_config, write_hub_config
 from timm_isomax.provenance import weights_sha256
 
 from .hub_server import GITATTRIBUTES, WRITE_TOKEN, hub_fixture  # noqa: F401 (the `hub` fixture)
-from .test_hub import ARCH, _other_folder, _saved_model, _swapped_weights_file, _test_config
+from .hub_models import ARCH, other_folder, saved_model, swapped_weights_file, measured_hub_config
 
-REPO = "test-org/resnet10t_isomaxplus.test"  # _test_config's repo_id
+REPO = "test-org/resnet10t_isomaxplus.test"  # measured_hub_config's repo_id
 # huggingface_hub 2.4's own LFS upload (lfs.py, _upload_single_part) passes the file as data=, which httpx2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
@@ -39,8 +39,8 @@ def images():
 @pytest.fixture
 def trained(tmp_path):
     """A small model folder and its measured hub config (tests/test_hub.py's), ready to push."""
-    model = _saved_model(tmp_path / "model")
-    return model, tmp_path / "model", _test_config(tmp_path / "model", tmp_path)
+    model = saved_model(tmp_path / "model")
+    return model, tmp_path / "model", measured_hub_config(tmp_path / "model", tmp_path)
 
 
 def _cli(config_path: Path, tmp_path: Path, capsys, *extra: str, token: str = WRITE_TOKEN):
@@ -108,8 +108,8 @@ def test_push_then_load_in_a_fresh_process_pinned_tagged_and_offline(hub, traine
 
     # a second push of the same model: nothing new; of other weights: refused, until --force
     assert _cli(config.path, tmp_path, capsys)[0] == 0 and hub.repos[REPO].head.oid == first
-    other = _saved_model(tmp_path / "other", seed=1)
-    other_config = _test_config(tmp_path / "other", tmp_path / "other")
+    other = saved_model(tmp_path / "other", seed=1)
+    other_config = measured_hub_config(tmp_path / "other", tmp_path / "other")
     code, out, err = _cli(other_config.path, tmp_path, capsys)
     assert code == 2 and "--force" in _one_line_error(err) and "other versions of" in err
     assert hub.repos[REPO].head.oid == first and load_hub_config(other_config.path).published is None
@@ -171,8 +171,8 @@ def test_a_push_takes_the_tested_lfs_path_where_hf_xet_is_installed(hub, trained
 def test_a_push_under_a_shipped_configs_tag_loads_from_the_hub(hub, tmp_path, images):
     # a reproduction of resnet10t_isomaxplus.mnist pushed to one's own repo: its pushed config carries the
     # shipped config's tag, which has no published weights of its own; the repo's weights load
-    model = _saved_model(tmp_path / "model", tag="mnist")
-    config = dataclasses.replace(_test_config(tmp_path / "model", tmp_path), tag="mnist")
+    model = saved_model(tmp_path / "model", tag="mnist")
+    config = dataclasses.replace(measured_hub_config(tmp_path / "model", tmp_path), tag="mnist")
     push_to_hub(tmp_path / "model", config, token=WRITE_TOKEN)
     loaded = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()  # was: "has no published weights yet"
     assert loaded.pretrained_cfg["tag"] == "mnist"
@@ -181,7 +181,7 @@ def test_a_push_under_a_shipped_configs_tag_loads_from_the_hub(hub, tmp_path, im
 
 def test_a_folder_that_is_not_the_measured_model_never_reaches_the_server(hub, trained, tmp_path):
     model, folder, config = trained
-    swapped = _other_folder((model, folder), tmp_path, "swapped", _swapped_weights_file)
+    swapped = other_folder((model, folder), tmp_path, "swapped", swapped_weights_file)
     for force in (False, True):
         with pytest.raises(ValueError, match="^refusing to publish: .*not the file its config.json was saved with"):
             push_to_hub(swapped, config, token=WRITE_TOKEN, force=force)
@@ -274,8 +274,8 @@ def test_an_interrupted_lfs_upload_is_resent_and_a_lost_commit_answer_is_recogni
 
     # the commit lands but its answer is lost: one line; the same push again commits nothing new and
     # records the commit that holds the files
-    _saved_model(Path(config.path).parent / "v2", seed=2)
-    v2 = _test_config(Path(config.path).parent / "v2", Path(config.path).parent / "v2")
+    saved_model(Path(config.path).parent / "v2", seed=2)
+    v2 = measured_hub_config(Path(config.path).parent / "v2", Path(config.path).parent / "v2")
     hub.fail("POST", r"/commit/", "drop_after")
     with pytest.raises(ConnectionError, match="connection broke.*unless the broken request was the commit"):
         push_to_hub(v2.source_checkpoint, v2, token=WRITE_TOKEN, force=True)

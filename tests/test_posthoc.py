@@ -14,7 +14,7 @@ from timm_isomax.conversion import load_softmax_model
 from timm_isomax.metrics import auroc
 from timm_isomax.posthoc import POSTHOC_DETECTORS, fit_posthoc, vim_dimension
 
-from .conftest import AKAMASTER_RESNET20, prelogit_features as _features
+from .conftest import AKAMASTER_RESNET20, prelogit_features
 
 FIT_SIZE, TEST_SIZE, OOD_SIZE = 500, 300, 200
 
@@ -25,10 +25,10 @@ def real(shared_data):
     pytest.importorskip("pytorch_ood", reason="pytorch-ood is not installed (the posthoc extra)")
     torch.manual_seed(0)
     model = load_softmax_model("cifar_resnet20", str(shared_data / AKAMASTER_RESNET20), "akamaster-cifar-resnet").eval()
-    fit, fit_labels = _features(model, str(shared_data / "cifar10"), "train", FIT_SIZE)
-    test, _ = _features(model, str(shared_data / "cifar10"), "test", TEST_SIZE)
-    mnist, _ = _features(model, str(shared_data / "mnist"), "test", OOD_SIZE)
-    notmnist, _ = _features(model, str(shared_data / "notmnist"), "test", OOD_SIZE)
+    fit, fit_labels = prelogit_features(model, str(shared_data / "cifar10"), "train", FIT_SIZE)
+    test, _ = prelogit_features(model, str(shared_data / "cifar10"), "test", TEST_SIZE)
+    mnist, _ = prelogit_features(model, str(shared_data / "mnist"), "test", OOD_SIZE)
+    notmnist, _ = prelogit_features(model, str(shared_data / "notmnist"), "test", OOD_SIZE)
     head = model.get_classifier()
     return dict(fit=fit, labels=fit_labels, test=test, mnist=mnist, notmnist=notmnist,
                 queries=torch.cat([test, mnist, notmnist]),

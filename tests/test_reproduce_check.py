@@ -13,7 +13,7 @@ from timm_isomax.hub_config import (RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE,
                                     write_hub_config)
 from timm_isomax.train.state import SETTINGS_NAME, TRAINING_DIR
 
-from .test_hub import _saved_model, _test_config
+from .hub_models import saved_model, measured_hub_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # the small test model names its classes c0..c9, the MNIST data 0..9: evaluation says so, rightly, each time
@@ -32,9 +32,9 @@ def _record_training(folder: Path, finetune_args) -> None:
 @pytest.fixture
 def measured(shared_data, tmp_path, capsys):
     """A small model folder and its hub config, measured by `reproduce --evaluate-only` on 200 real images per set."""
-    _saved_model(tmp_path / "model")
+    saved_model(tmp_path / "model")
     config = dataclasses.replace(
-        _test_config(tmp_path / "model", tmp_path),
+        measured_hub_config(tmp_path / "model", tmp_path),
         dataset=dict(name="mnist", path=str(shared_data / "mnist"), train_split="train", eval_split="test"),
         ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
         finetune_args=[*RECIPE, "--dataset", str(shared_data / "mnist"), "--output", str(tmp_path / "model")],
@@ -88,7 +88,7 @@ def test_check_fails_where_a_recorded_number_drifted(measured, capsys, key, shif
 
 
 def test_check_fails_when_the_folder_holds_other_weights(measured, capsys):
-    _saved_model(measured.source_checkpoint, seed=3)  # retrained, never re-measured
+    saved_model(measured.source_checkpoint, seed=3)  # retrained, never re-measured
     code, out, err = _check(measured, capsys)
     assert code == 1 and "other than the recorded ones" in out and "push` refuses it" in out
     assert f"tolerance {RETRAINED_TOLERANCE:g} points" in out and "weights_sha256" in out.splitlines()[-1]

@@ -274,9 +274,9 @@ def test_a_nan_in_epoch_2_keeps_epoch_1s_checkpoint_and_resume_ends_as_an_uninte
 
 def test_a_saved_isomax_start_model_of_another_head_is_refused(tmp_path):
     # its loss, scores and threshold would follow --head, not the head the weights hold
-    from .test_hub import _saved_model
+    from .hub_models import saved_model
 
-    _saved_model(tmp_path / "isomaxplus")  # an IsoMax+ folder
+    saved_model(tmp_path / "isomaxplus")  # an IsoMax+ folder
     with pytest.raises(ValueError, match=r"holds the isomaxplus head but --head is dismax: pass --head isomaxplus") as error:
         train(TrainConfig(model=f"local-dir:{tmp_path / 'isomaxplus'}", head="dismax", epochs=1,
                           output=str(tmp_path / "run"), **DIGITS))

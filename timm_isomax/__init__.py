@@ -28,18 +28,16 @@ from .ood.calibration import calibrate_temperature, expected_calibration_error, 
 from .ood.metrics import auroc, ood_metrics, ood_metrics_table, roc_curve
 from .ood.deploy import Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
 from .models.classifier import HEAD_TYPES, IsoMaxClassifier
-from .hub.folder import push_to_hub
-from .hub.config import HubConfig, load_hub_config, packaged_hub_configs
+from .hub import HubConfig, load_hub_config, packaged_hub_configs, push_to_hub, weights_sha256
+from .models.factory import create_model
 from .models.registry import (
     base_architecture,
-    create_model,
     is_classification_architecture,
     list_isomax_models,
     register_all,
     register_hub_config,
     register_isomax_variants,
 )
-from .hub.provenance import weights_sha256
 
 __version__ = "0.1.0"
 

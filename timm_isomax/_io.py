@@ -1,10 +1,11 @@
 """Files written whole or not at all: the one helper every module that saves something uses."""
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_json"]
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[str], object]) -> None:
@@ -29,3 +30,8 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], object]) -> None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_json(path: Union[str, Path], value: Any, indent: int = 1) -> None:
+    """``value`` as JSON (and a final newline) in ``path``, written atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=indent) + "\n"))

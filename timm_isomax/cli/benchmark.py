@@ -18,12 +18,14 @@ import dataclasses
 import json
 import os
 import sys
+from typing import List
 from pathlib import Path
 
 import datasets
 
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
-from timm_isomax.benchmark.protocol_runs import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
+from timm_isomax.cli._errors import exit_code
+from timm_isomax.benchmark import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
                                    missing_inputs, run_protocol, smoke_version, summarize)
 from timm_isomax.ood.plots import plot_benchmark, plots_unavailable
 from timm_isomax.train import HEADS
@@ -81,11 +83,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     datasets.disable_progress_bars()
     paths = [_protocol_path(entry) for entry in args.protocols] or sorted(PROTOCOLS.glob("*.json"))
-    try:
-        protocols = [load_protocol(path) for path in paths]
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: run(args, paths), interrupted="the same command continues where it stopped.")
+
+
+def run(args: argparse.Namespace, paths: List[Path]) -> None:
+    """Run what is missing of the protocols (resuming), then write the report from every committed run."""
+    protocols = [load_protocol(path) for path in paths]
     if args.smoke:
         protocols = [smoke_version(protocol) for protocol in protocols]
     if args.seeds:
@@ -97,29 +100,15 @@ def main(argv=None) -> int:
         problems = [problem for problem in (heads_problem(protocol, args.heads) for protocol in protocols)
                     if problem] if args.heads else []
         if problems:
-            print(f"error: {'; '.join(problems)}", file=sys.stderr)
-            return 2
+            raise ValueError("; ".join(problems))
         missing = sorted({entry for p in protocols for entry in missing_inputs(p, args.data_root)})
         if missing:
-            print(f"error: {', '.join(missing)} not found (data root {args.data_root}); pass --data-root (the folder "
-                  f"with mnist/, cifar10/, checkpoints/, ...) or set TIMM_ISOMAX_SHARED_DATA.", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"{', '.join(missing)} not found (data root {args.data_root}); pass --data-root (the "
+                                    f"folder with mnist/, cifar10/, checkpoints/, ...) or set TIMM_ISOMAX_SHARED_DATA.")
         for protocol in protocols:
-            try:
-                run_protocol(protocol, args.data_root, output, args.runs, args.feature_cache, args.device,
-                             args.throughput_rounds, heads=args.heads)
-            except KeyboardInterrupt:
-                print(f"interrupted: the same command continues where it stopped.", file=sys.stderr)
-                return 130
-            except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-    try:
-        _write_report(output, [protocol.name for protocol in protocols])
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+            run_protocol(protocol, args.data_root, output, args.runs, args.feature_cache, args.device,
+                         args.throughput_rounds, heads=args.heads)
+    _write_report(output, [protocol.name for protocol in protocols])
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import sys
 import datasets
 
 import timm_isomax  # noqa: F401  (registers the IsoMax architectures)
+from timm_isomax.cli._errors import exit_code, fail
 from timm_isomax.models.checkpoints import KEY_MAPS
 from timm_isomax.models.conversion import load_softmax_model, uses_unit_vectors
-from timm_isomax.data.datasets import find_columns
+from timm_isomax.data import find_columns
 from timm_isomax.ood.evaluation import evaluate_conversion, format_table, load_eval_set
 from timm_isomax.hub.folder import save_pretrained
 from timm_isomax.models.classifier import HEAD_TYPES
@@ -54,25 +55,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.head not in ZERO_SHOT_HEADS:
-        print(f"error: --head {args.head}: its distances depend on the feature norms, so no prototypes reproduce the "
-              f"SoftMax predictions without training; convert to {' or '.join(ZERO_SHOT_HEADS)}, or fine-tune it: "
-              f"timm-isomax finetune --head {args.head} ...", file=sys.stderr)
-        return 2
+        return fail(f"--head {args.head}: its distances depend on the feature norms, so no prototypes reproduce the "
+                    f"SoftMax predictions without training; convert to {' or '.join(ZERO_SHOT_HEADS)}, or fine-tune "
+                    f"it: timm-isomax finetune --head {args.head} ...")
     datasets.disable_progress_bars()
-    try:
-        softmax = load_softmax_model(args.model, args.checkpoint, args.key_map).eval()
-        id_set = load_eval_set(args.dataset, args.split, args.limit)
-        ood_sets = [load_eval_set(source, args.ood_split, args.limit) for source in args.ood_dataset]
-        name = softmax.pretrained_cfg.get("architecture") or args.model
-        source, result, converted = evaluate_conversion(softmax, id_set, ood_sets, name, head_type=args.head,
-                                                        batch_size=args.batch_size, workers=args.workers)
-        label_feature = id_set.dataset.features.get(find_columns(id_set.dataset)[1] or "")
-        label_names = getattr(label_feature, "names", None)
-        if args.save_softmax:
-            save_pretrained(softmax, args.save_softmax, label_names=label_names)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Convert, evaluate side by side, print the table, save what was asked."""
+    softmax = load_softmax_model(args.model, args.checkpoint, args.key_map).eval()
+    id_set = load_eval_set(args.dataset, args.split, args.limit)
+    ood_sets = [load_eval_set(source, args.ood_split, args.limit) for source in args.ood_dataset]
+    name = softmax.pretrained_cfg.get("architecture") or args.model
+    source, result, converted = evaluate_conversion(softmax, id_set, ood_sets, name, head_type=args.head,
+                                                    batch_size=args.batch_size, workers=args.workers)
+    label_feature = id_set.dataset.features.get(find_columns(id_set.dataset)[1] or "")
+    label_names = getattr(label_feature, "names", None)
+    if args.save_softmax:
+        save_pretrained(softmax, args.save_softmax, label_names=label_names)
     print(f"{id_set.name} ({args.split}, {len(id_set.dataset)} images); conversion: {converted.conversion.reason}")
     for evaluation in (source, result):
         print(f"  {evaluation.name:45s} top-1 {100 * evaluation.accuracy:6.2f}%")
@@ -81,7 +82,6 @@ def main(argv=None) -> int:
     if args.output:
         save_pretrained(converted, args.output, label_names=label_names)
         print(f"saved the converted model to {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import datasets
 import torch
 
 import timm_isomax  # noqa: F401  (registers the <arch>_isomaxplus / <arch>_isomax models with timm)
+from timm_isomax.cli._errors import exit_code
 from timm_isomax.ood.evaluation import evaluate_models, format_table, load_eval_set, write_results
-from timm_isomax.cli._args import score_name
+from timm_isomax.train.arguments import score_name
 from timm_isomax.hub.folder import output_folder_problem
 from timm_isomax.ood.plots import plots_unavailable, save_plots  # matplotlib is imported only when a plot is drawn
 
@@ -104,12 +105,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as error:  # bad input: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from timm_isomax.hub.folder import push_to_hub
-from timm_isomax.hub.config import load_hub_config
+from timm_isomax.cli._errors import exit_code
+from timm_isomax.hub import load_hub_config, push_to_hub
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -39,16 +39,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     # a file, not a flag value: a token on the command line ends up in shell history and process lists
     p.add_argument("--token-file", type=Path, help="file holding a Hub token (default: HF_TOKEN or the saved login)")
     args = p.parse_args(argv)
-    try:
-        config = load_hub_config(args.hub_config)
-        token = args.token_file.read_text().strip() if args.token_file else None
-        if token == "":
-            raise ValueError(f"{args.token_file} is empty; put a Hub token in it (https://huggingface.co/settings/tokens).")
-        result = push_to_hub(args.folder or config.source_checkpoint, config, token=token, private=args.private,
-                             dry_run=bool(args.dry_run), force=args.force, dry_run_dir=args.dry_run)
-    except (ValueError, OSError) as error:  # OSError: FileNotFound/FileExists/Permission/ConnectionError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Publish (or write the dry run), then say where it went."""
+    config = load_hub_config(args.hub_config)
+    token = args.token_file.read_text().strip() if args.token_file else None
+    if token == "":
+        raise ValueError(f"{args.token_file} is empty; put a Hub token in it (https://huggingface.co/settings/tokens).")
+    result = push_to_hub(args.folder or config.source_checkpoint, config, token=token, private=args.private,
+                         dry_run=bool(args.dry_run), force=args.force, dry_run_dir=args.dry_run)
     if args.dry_run:
         files = sorted(p.name for p in Path(result).iterdir())
         print(f"dry run: wrote {', '.join(files)} into {result} (nothing uploaded)")
@@ -56,7 +57,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"published {config.name} to {result} at commit {config.published['revision']} (recorded in "
               f"{config.path}); load it with timm.create_model('hf-hub:{config.repo_id}', pretrained=True) "
               f"where timm-isomax is installed")
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 remains into disjoint parts (e.g. an OOD validation part and an OOD test part), optionally with other splits of the
 dataset passed through unchanged (``keep_splits``, e.g. the training split of an ID dataset whose test split is cut
 into validation and test halves). A view is a dataset source like any other:
-:func:`timm_isomax.data.load_image_dataset` returns its parts (and kept splits) as splits.
+:func:`timm_isomax.data.load_image_dataset` returns its parts (and kept splits) as splits
+(:func:`timm_isomax.data.load_view`).
 
 The view file (paths relative to the file itself)::
 
@@ -15,28 +16,16 @@ disjoint, and each holds every kept class.
 """
 import json
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Any, Dict, List, Union
 
 import datasets
 import numpy as np
 
-__all__ = ["is_view", "load_view", "dataset_name", "VIEW_KEYS"]
+from .columns import column_values, find_columns
+
+__all__ = ["is_view", "read_view", "cut_view", "VIEW_KEYS"]
 
 VIEW_KEYS = ("source", "split", "drop", "parts", "seed", "keep_splits", "description")
-
-
-def dataset_name(source: str) -> str:
-    """The name a dataset source goes by in every record and table: its last path component, without ``.parquet`` or
-    a view's ``.json`` (a Hub id ``org/name`` gives ``name``).
-
-    Example:
-        >>> dataset_name("benchmarks/views/tinyimagenet32_near.json"), dataset_name("../shared/data/mnist/")
-        ('tinyimagenet32_near', 'mnist')
-    """
-    name = Path(source.rstrip("/")).name
-    for suffix in (".parquet", ".json"):
-        name = name.removesuffix(suffix)
-    return name or source
 
 
 def is_view(source: Union[str, Path]) -> bool:
@@ -63,32 +52,29 @@ def _problem(view: object) -> str:
     return ""
 
 
-def load_view(path: Union[str, Path]) -> datasets.DatasetDict:
-    """The parts of the view file ``path`` as splits.
-
-    Example:
-        >>> near = load_view("benchmarks/views/tinyimagenet32_near.json")
-        >>> sorted(near), len(near["val"]) + len(near["test"])
-        (['test', 'val'], 8650)
-    """
-    from .datasets import column_values, find_columns, load_image_dataset
-
+def read_view(path: Union[str, Path]) -> Dict[str, Any]:
+    """The checked view file ``path``, its ``source`` resolved against the file's folder."""
     path = Path(path)
     view = json.loads(path.read_text())
     problem = _problem(view)
     if problem:
         raise ValueError(f"{path}: {problem}; fix the view file.")
-    source = (path.parent / view["source"]).resolve()
-    splits = load_image_dataset(str(source))
+    return dict(view, source=str((path.parent / view["source"]).resolve()))
+
+
+def cut_view(view: Dict[str, Any], splits: datasets.DatasetDict, where: str = "the view") -> datasets.DatasetDict:
+    """The parts (and kept splits) of ``view`` (as :func:`read_view` returns it), cut from ``splits``, the loaded
+    splits of its source. :func:`timm_isomax.data.load_view` does both steps."""
+    source = view["source"]
     missing = [name for name in (view["split"], *view.get("keep_splits", [])) if name not in splits]
     if missing:
-        raise ValueError(f"{path}: {source} has no split {', '.join(map(repr, missing))}; its splits are {sorted(splits)}.")
+        raise ValueError(f"{where}: {source} has no split {', '.join(map(repr, missing))}; its splits are {sorted(splits)}.")
     rows = splits[view["split"]]
     _, label_column = find_columns(rows)
     names = list(getattr(rows.features[label_column], "names", []) or [])
     unknown = sorted(set(view.get("drop", {})) - set(names))
     if unknown:
-        raise ValueError(f"{path}: 'drop' names classes that {source} ({view['split']}) does not have: "
+        raise ValueError(f"{where}: 'drop' names classes that {source} ({view['split']}) does not have: "
                          f"{', '.join(unknown[:5])}; its class names are its ClassLabel's.")
     dropped = {names.index(name) for name in view.get("drop", {})}
     by_class: Dict[int, List[int]] = {}

@@ -8,7 +8,7 @@ OOD sets) and what it measures (``metrics``, filled in by ``timm-isomax reproduc
 The files live in the top-level ``hub_configs/`` folder, installed as the data package
 ``timm_isomax.hub_configs``::
 
-    >>> from timm_isomax.hub_config import packaged_hub_configs, load_hub_config
+    >>> from timm_isomax.hub.config import packaged_hub_configs, load_hub_config
     >>> [c.name for c in packaged_hub_configs()]
     ['resnet10t_isomaxplus.mnist', ...]
     >>> cfg = load_hub_config("hub_configs/resnet10t_isomaxplus.mnist.json")
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .._io import atomic_write
+from .._io import write_json
 from ..models.classifier import HEAD_TYPES, head_type_of_name
 
 __all__ = ["HubConfig", "load_hub_config", "write_hub_config", "packaged_hub_configs", "metric_differences",
@@ -159,7 +159,7 @@ def write_hub_config(config: HubConfig, path: Optional[Union[str, Path]] = None)
         raise ValueError("write_hub_config needs a path for a config that was not read from a file.")
     data = config.to_json()
     _validate(data, str(path))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    write_json(path, data, indent=2)
     packaged_hub_configs.cache_clear()
     return path
 

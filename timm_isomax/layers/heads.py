@@ -302,7 +302,7 @@ class DisMaxHead(IsoMaxPlusHead):
 
     The IsoMax+ distances in units of sqrt(2) (so ``d_c / |s|`` lies in [0, sqrt(2)]), plus the mean distance to
     all prototypes, the same for every class of a row: it changes no prediction, but lowers every logit of an input
-    far from all prototypes, which the MMLES score (:func:`timm_isomax.scores.mmles`) reads. Takes the arguments
+    far from all prototypes, which the MMLES score (:func:`timm_isomax.layers.scores.mmles`) reads. Takes the arguments
     of :class:`IsoMaxPlusHead` and shares its parameters (N(0, 1) prototypes, ``s = 1``), fused matmul path and
     fp32 computation; the temperature buffer ``T`` stays 1 in training and is set by calibration.
 

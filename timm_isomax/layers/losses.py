@@ -1,5 +1,5 @@
 """The entropic loss of IsoMax, IsoMax+ and DisMax: cross-entropy on ``entropic_scale * logits`` (DisMax
-optionally with fractional probability regularisation, :mod:`timm_isomax.fpr`).
+optionally with fractional probability regularisation, :mod:`timm_isomax.layers.fpr`).
 
 The reference implementation takes softmax, then log: it returns inf as soon as one probability
 underflows (seen at a learned distance scale of 20). ``F.cross_entropy`` on the scaled logits is the
@@ -145,13 +145,13 @@ class DisMaxLoss(IsoMaxLoss):
     the formula of :class:`IsoMaxLoss`, applied to :class:`~timm_isomax.DisMaxHead` logits.
 
     With ``fpr=True`` (fractional probability regularisation) the batch must come from
-    :func:`timm_isomax.fpr.fractional_probability_batch`: the first ``B // 2`` rows are plain images, scored with
+    :func:`timm_isomax.layers.fpr.fractional_probability_batch`: the first ``B // 2`` rows are plain images, scored with
     the cross-entropy above (``label_smoothing`` applies here), the rest are quadrant images, scored with
     ``KL(targets || softmax(entropic_scale * logits))``; the loss is the mean of the two parts (reduction
     ``"mean"`` only), as in the reference ``DisMaxLossSecondPart``.
 
     Example:
-        >>> from timm_isomax.fpr import fractional_probability_batch
+        >>> from timm_isomax.layers.fpr import fractional_probability_batch
         >>> images, targets = fractional_probability_batch(images, labels, num_classes=10)
         >>> loss = DisMaxLoss(fpr=True)(model(images), targets)
     """
@@ -170,7 +170,7 @@ class DisMaxLoss(IsoMaxLoss):
         targets = _check_logits_and_targets(logits, targets)
         if targets.ndim != 2:
             raise ValueError("DisMaxLoss(fpr=True) takes the soft targets (batch, num_classes) of "
-                             "timm_isomax.fpr.fractional_probability_batch, got class indices: build the batch with "
+                             "timm_isomax.layers.fpr.fractional_probability_batch, got class indices: build the batch with "
                              "it first (the trainer does, with --dismax-fpr), or use DisMaxLoss().")
         problem = fpr_batch_problem(logits.shape[0])
         if problem:

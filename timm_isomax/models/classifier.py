@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import _timm_compat
+from ..layers.score_names import is_score_name, score_problem
 from ..layers.heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
 __all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "HEAD_TITLES", "head_type_of_name",
@@ -39,7 +40,7 @@ def head_type_of_name(model_name: str) -> Optional[str]:
     """The head kind an IsoMax model name ``<arch>_<kind>[.tag]`` ends with, or None for any other name.
 
     Read from the name alone (nothing needs to be registered yet), so configs can be checked before timm
-    knows the architecture; :func:`timm_isomax.registry.base_architecture` is the registry's answer.
+    knows the architecture; :func:`timm_isomax.models.registry.base_architecture` is the registry's answer.
 
     Example:
         >>> head_type_of_name("resnet50_dismax.in1k"), head_type_of_name("resnet50")
@@ -56,11 +57,9 @@ def _is_number(value: Any) -> bool:
 def ood_config_problem(ood_config: Any) -> Optional[str]:
     """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
 
-    ``score``: a score name (:func:`timm_isomax.detectors.is_score_name`); ``threshold``: a finite number or None;
+    ``score``: a score name (:func:`timm_isomax.layers.score_names.is_score_name`); ``threshold``: a finite number or None;
     ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
     """
-    from ..ood.detectors import is_score_name, score_problem
-
     if not isinstance(ood_config, dict):
         return f"ood_config must be an object with keys {list(OOD_CONFIG_KEYS)}, got {type(ood_config).__name__}"
     unknown = sorted(str(k) for k in set(ood_config) - set(OOD_CONFIG_KEYS))

@@ -22,6 +22,7 @@ from torch import nn
 
 from .._timm_compat import model_input_size
 from .checkpoints import KeyMap, load_checkpoint_into, read_state_dict, remap_keys, resolve_key_map
+from .factory import create_model
 from .classifier import HEAD_TYPES, IsoMaxClassifier, isomax_layer_names
 
 __all__ = ["ConversionReport", "convert_softmax_model", "linear_classifier", "class_mean_prototypes",
@@ -206,8 +207,6 @@ def load_softmax_model(model_name: str, checkpoint: Optional[str] = None, key_ma
         >>> model = load_softmax_model("cifar_resnet20", "resnet20-12fca82f.th", key_map="akamaster-cifar-resnet")
     """
     if checkpoint is None:
-        from .registry import create_model  # imports this module: imported when called
-
         # one-line errors where the weights cannot be downloaded (timm's path retries for ~50 s)
         return create_model(model_name, pretrained=True, **kwargs)
     state_dict = read_state_dict(checkpoint)

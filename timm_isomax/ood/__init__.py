@@ -5,6 +5,12 @@ plots (:mod:`.plots`).
 
 ``timm_isomax.ood`` was the deployment module before it became this package; its names stay here.
 """
-from .deploy import Images, Prediction, fit_ood_threshold, fit_threshold, is_ood, ood_scores, predict
+from .._lazy import lazy_exports
 
-__all__ = ["fit_threshold", "fit_ood_threshold", "ood_scores", "is_ood", "predict", "Prediction", "Images"]
+# public name -> the module of this package that defines it, imported when the name is first read
+_EXPORTS = {
+    "fit_threshold": "deploy", "fit_ood_threshold": "deploy", "ood_scores": "deploy", "is_ood": "deploy",
+    "predict": "deploy", "Prediction": "deploy", "Images": "deploy",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import inference as engine
+from ..models.inference import predict_logits
 
 __all__ = ["expected_calibration_error", "negative_log_likelihood", "fit_temperature", "calibrate_temperature",
            "CalibrationResult"]
@@ -114,7 +114,7 @@ def calibrate_temperature(model: nn.Module, loader: torch.utils.data.DataLoader,
     if getattr(model, "ood_config", {}).get("threshold") is not None:
         raise ValueError("the model has a fitted OOD threshold, which the temperature would invalidate: calibrate "
                          "first, then fit the threshold (or clear it with model.update_ood_config(threshold=None)).")
-    logits, labels = engine.predict(model, loader, torch.device(device))
+    logits, labels = predict_logits(model, loader, torch.device(device))
     before = float(buffer)
     with torch.no_grad():
         buffer.fill_(fit_temperature(logits, labels, current_temperature=before))

@@ -107,7 +107,7 @@ def _batch(model: nn.Module, images: Images) -> torch.Tensor:
     if isinstance(images, Image.Image):
         images = [images]
     if not isinstance(images, torch.Tensor):
-        from ..data.datasets import model_transform  # here, not at import: it pulls in `datasets` (~0.5 s)
+        from ..data import model_transform  # here, not at import: it pulls in `datasets` (~0.5 s)
 
         transform, mode = model_transform(model)
         images = torch.stack([transform(image.convert(mode)) for image in images])

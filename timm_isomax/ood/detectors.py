@@ -2,11 +2,11 @@
 
 Three families, one convention (higher = more in-distribution, float64):
 
-* logit scores (:mod:`timm_isomax.scores`: ``mds``, ``entropic``, ``energy``, ``msp``, ...): the logits alone;
-* feature scores (:mod:`timm_isomax.feature_scores`): ``feature_norm``, ``norm_cosine`` (the head's class vectors
+* logit scores (:mod:`timm_isomax.layers.scores`: ``mds``, ``entropic``, ``energy``, ``msp``, ...): the logits alone;
+* feature scores (:mod:`timm_isomax.ood.feature_scores`): ``feature_norm``, ``norm_cosine`` (the head's class vectors
   on the raw feature), and ``knn<k>`` (e.g. ``knn50``: the k-th nearest training feature of a
-  :class:`~timm_isomax.feature_scores.FeatureBank`);
-* post-hoc detectors fitted on the bank (:mod:`timm_isomax.posthoc`, from pytorch-ood): ``mahalanobis`` for every
+  :class:`~timm_isomax.ood.feature_scores.FeatureBank`);
+* post-hoc detectors fitted on the bank (:mod:`timm_isomax.ood.posthoc`, from pytorch-ood): ``mahalanobis`` for every
   head, ``vim``, ``react`` and ``ash`` for a linear (SoftMax) classifier.
 
 :func:`candidate_scores` lists what a head can be scored with, given features and a bank; a
@@ -16,7 +16,6 @@ Three families, one convention (higher = more in-distribution, float64):
     scorer = Scorer(head, bank)
     scores = scorer.score("knn50", outputs.features, outputs.logits)
 """
-import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -24,31 +23,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.classifier import IsoMaxClassifier
+from ..models.conversion import linear_classifier
 from ..models.inference import amp_dtype
 from .feature_scores import FeatureBank, feature_norm, knn, norm_cosine
+from ..layers.score_names import (FEATURE_SCORES, KNN_KS, LINEAR_ONLY_SCORES, LOGIT_SCORES, POSTHOC_SCORES, knn_k,
+                                  is_score_name, needs_features, score_problem)
 from ..layers.scores import SCORES, get_score
 
 __all__ = ["LOGIT_SCORES", "FEATURE_SCORES", "KNN_KS", "POSTHOC_SCORES", "LINEAR_ONLY_SCORES", "Outputs",
            "model_parts", "model_outputs", "candidate_scores", "is_score_name", "needs_features", "score_problem",
            "Scorer"]
-
-# The logit scores each head is reported with (max_logit is mds for the IsoMax heads: one row; DisMax's max logit is
-# -(min d + mean d) / T, not a minimum distance, so it keeps its own name).
-LOGIT_SCORES: Dict[str, Tuple[str, ...]] = {
-    "softmax": ("msp", "max_logit", "energy", "entropic"),
-    "isomax": ("entropic", "mds", "energy", "msp"),
-    "isomaxplus": ("mds", "entropic", "energy", "msp"),
-    "dismax": ("mmles", "mmls", "max_logit", "entropic", "energy", "msp"),
-}
-# Scores of the features and the head's class vectors, for every head.
-FEATURE_SCORES: Tuple[str, ...] = ("norm_cosine", "feature_norm")
-# The neighbour counts KNN is scored with (Sun et al.: 50 for CIFAR-10); validation picks among them.
-KNN_KS: Tuple[int, ...] = (10, 50, 200)
-# Post-hoc detectors fitted on the bank; the linear-only ones read a linear classifier's weight and bias.
-POSTHOC_SCORES: Tuple[str, ...] = ("mahalanobis", "vim", "react", "ash")
-LINEAR_ONLY_SCORES: Tuple[str, ...] = ("vim", "react", "ash")
-_KNN_NAME = re.compile(r"knn([1-9][0-9]*)$")
-
 
 @dataclass
 class Outputs:
@@ -64,9 +49,6 @@ def model_parts(model: nn.Module) -> Tuple[Callable[[torch.Tensor], torch.Tensor
     """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``: the pre-logits and the IsoMax
     head, or the pre-logits and a linear classifier (checked to be the whole head on the loaded weights). Else a
     one-line ``ValueError`` saying why (e.g. a head that does more than one linear layer)."""
-    from ..models.conversion import linear_classifier
-    from ..models.classifier import IsoMaxClassifier
-
     def features_of(images: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(images), pre_logits=True)
 
@@ -98,31 +80,6 @@ def model_outputs(features_of, head: nn.Module, loader: torch.utils.data.DataLoa
         all_logits.append(logits.float().cpu())
         all_labels.append(torch.as_tensor(labels))
     return Outputs(torch.cat(all_features) if keep_features else None, torch.cat(all_logits), torch.cat(all_labels))
-
-
-def _knn_k(name: str) -> Optional[int]:
-    match = _KNN_NAME.match(name)
-    return int(match[1]) if match else None
-
-
-def is_score_name(name: str) -> bool:
-    """Whether ``name`` is a score of any family (``knn<k>`` for any k >= 1)."""
-    return isinstance(name, str) and (name in SCORES or name in FEATURE_SCORES or name in POSTHOC_SCORES
-                                      or _knn_k(name) is not None)
-
-
-def needs_features(name: str) -> bool:
-    """Whether score ``name`` reads the pre-logit features (every score but the logit scores)."""
-    return name not in SCORES
-
-
-def score_problem(name: str) -> Optional[str]:
-    """What is wrong with a score name, or None."""
-    if is_score_name(name):
-        return None
-    return (f"unknown OOD score {name!r}; choose one of {', '.join(sorted(SCORES))} (logits), "
-            f"{', '.join(FEATURE_SCORES)} (features), knn<k> such as knn50 (a feature bank), or "
-            f"{', '.join(POSTHOC_SCORES)} (post-hoc, fitted on the bank).")
 
 
 def _posthoc_installed() -> bool:
@@ -212,7 +169,7 @@ class Scorer:
                 raise ValueError("norm_cosine reads the head's class vectors (prototypes or a linear layer's rows); "
                                  "this head has neither.")
             return norm_cosine(features, self.class_vectors)
-        k = _knn_k(name)
+        k = knn_k(name)
         if k is not None:
             self._needs(name, features, bank=True)
             return knn(features, self.bank, k)
@@ -236,7 +193,7 @@ class Scorer:
 
     def scores(self, names: Sequence[str], features: Optional[torch.Tensor], logits: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Several scores at once (KNN's neighbours found once for every k)."""
-        ks = tuple(k for k in map(_knn_k, names) if k is not None)
+        ks = tuple(k for k in map(knn_k, names) if k is not None)
         neighbours = {}
         if ks:
             self._needs(f"knn{ks[0]}", features, bank=True)

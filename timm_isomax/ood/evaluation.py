@@ -2,7 +2,7 @@
 
 The library side of ``timm-isomax evaluate``: load models and datasets, preprocess with each model's
 own timm data config, compute logits and scores, and turn them into metric rows, a text table, JSON and
-CSV. Plots live in :mod:`timm_isomax.plots`.
+CSV. Plots live in :mod:`timm_isomax.ood.plots`.
 
 Example:
     >>> id_set = load_eval_set("../shared/data/mnist", "test", limit=1000)
@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.datasets import dataset_for_model, find_columns, image_digests, load_sample
+from ..data import dataset_for_model, find_columns, image_digests, load_sample
 from .detectors import Outputs, Scorer, candidate_scores, model_outputs, model_parts, needs_features, score_problem
-from ..models.inference import predict
+from ..models.inference import predict_logits
 from .feature_scores import feature_bank_of
-from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, TPR_LEVEL, ood_metrics_table
+from .metrics import MEAN_ROW, METRIC_DESCRIPTIONS, METRIC_NAMES, METRIC_TITLES, TPR_LEVEL, ood_metrics_table, percent
 from ..models.classifier import IsoMaxClassifier
-from ..models.registry import create_model
-from ..data.views import dataset_name
+from ..models.conversion import convert_softmax_model
+from ..models.factory import create_model
+from ..data import dataset_name
 
 __all__ = [
     "EvalSet",
@@ -56,18 +57,6 @@ CONVENTIONS: Dict[str, str] = {
     "operating_point": f"first ROC point (most confident threshold first) with TPR >= {TPR_LEVEL:.0%}",
     **METRIC_DESCRIPTIONS,
 }
-
-# Short column titles for the text table, in METRIC_NAMES order.
-_COLUMN_TITLES = {
-    "auroc": "AUROC",
-    "fpr_at_95_tpr": "FPR@95",
-    "tnr_at_95_tpr": "TNR@95",
-    "fpr95_ood_positive": "FPR95(OOD+)",
-    "aupr_in": "AUPR-In",
-    "aupr_out": "AUPR-Out",
-    "detection_accuracy": "DTACC",
-}
-
 
 @dataclass
 class EvalSet:
@@ -127,7 +116,7 @@ def _has_features(model: nn.Module) -> bool:
 
 
 def default_score_names(model: nn.Module) -> List[str]:
-    """Every score the trainer reports for the model's head (:func:`timm_isomax.detectors.candidate_scores`): its
+    """Every score the trainer reports for the model's head (:func:`timm_isomax.ood.detectors.candidate_scores`): its
     logit scores, the feature scores where its logits are one head on its pre-logits, and KNN and the post-hoc
     detectors where a feature bank was saved beside it; the model's own first for IsoMax models
     (``model.ood_config["score"]``, the one its threshold uses). All of them, because which score suits which head
@@ -190,7 +179,7 @@ def check_eval_sets(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSe
 def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
                    amp: bool = False, workers: int = 0, progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and labels (N,; -1 = no label) of ``model`` on ``eval_set``, preprocessed
-    with the model's own data config; ``amp``: autocast (``timm_isomax.engine.amp_dtype``)."""
+    with the model's own data config; ``amp``: autocast (``timm_isomax.models.inference.amp_dtype``)."""
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset_for_model(model, eval_set.dataset), batch_size=batch_size,
                                          num_workers=workers)
@@ -198,7 +187,7 @@ def compute_logits(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, d
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc=f"{eval_set.name} ({len(eval_set.dataset)} images)", unit="batch", leave=False)
-    return predict(model.to(device), loader, device, amp=amp)
+    return predict_logits(model.to(device), loader, device, amp=amp)
 
 
 def compute_outputs(model: nn.Module, eval_set: EvalSet, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
@@ -271,7 +260,7 @@ def evaluate_model(model: nn.Module, id_set: EvalSet, ood_sets: Sequence[EvalSet
                    device: Union[str, torch.device] = "cpu", amp: bool = False, workers: int = 0,
                    progress: bool = False) -> ModelEvaluation:
     """Accuracy on ``id_set`` (where it has labels in the model's label space) and every metric of
-    :func:`timm_isomax.metrics.ood_metrics` per score and OOD set, plus the macro mean.
+    :func:`timm_isomax.ood.metrics.ood_metrics` per score and OOD set, plus the macro mean.
 
     ``score_names`` defaults to :func:`default_score_names`; ``name`` (shown in reports) and ``source``
     (where the model came from) default to the architecture.
@@ -363,7 +352,6 @@ def evaluate_conversion(softmax: nn.Module, id_set: EvalSet, ood_sets: Sequence[
         >>> source, converted, model = evaluate_conversion(load_softmax_model("resnet50.a1_in1k"), id_set, [ood])
         >>> converted.accuracy - source.accuracy
     """
-    from ..models.conversion import convert_softmax_model
 
     softmax.eval()
     source = evaluate_model(softmax, id_set, ood_sets, name=f"{name} (SoftMax)", **kwargs)
@@ -380,17 +368,13 @@ def result_rows(evaluations: Sequence[ModelEvaluation]) -> List[Dict[str, Any]]:
     ]
 
 
-def _percent(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def format_table(evaluations: Sequence[ModelEvaluation], id_set: EvalSet, ood_sets: Sequence[EvalSet]) -> str:
     """A plain-text table of accuracy and every OOD metric (in %), its conventions in the header."""
-    header = ["model", "score", "ID acc", "OOD set"] + [_COLUMN_TITLES[m] for m in METRIC_NAMES]
+    header = ["model", "score", "ID acc", "OOD set"] + [METRIC_TITLES[m] for m in METRIC_NAMES]
     # with one OOD set the macro mean repeats it: the text table leaves it out (JSON and CSV keep it)
     rows = [row for row in result_rows(evaluations) if len(ood_sets) > 1 or row["ood_dataset"] != MEAN_ROW]
-    body = [[row["model"], row["score"], _percent(row["accuracy"]), row["ood_dataset"]]
-            + [_percent(row[m]) for m in METRIC_NAMES] for row in rows]
+    body = [[row["model"], row["score"], percent(row["accuracy"]), row["ood_dataset"]]
+            + [percent(row[m]) for m in METRIC_NAMES] for row in rows]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
 
     def fmt(line):  # text columns left-aligned, numbers right-aligned

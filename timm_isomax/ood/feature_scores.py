@@ -1,6 +1,6 @@
 """OOD scores that read the pre-logit features ``f`` (and the head's class vectors) besides the logits.
 
-Every score follows the convention of :mod:`timm_isomax.scores`: higher = more in-distribution, float64.
+Every score follows the convention of :mod:`timm_isomax.layers.scores`: higher = more in-distribution, float64.
 
 * :func:`feature_norm`: ``||f||``. On the CIFAR-10 runs it alone gives AUROC 99 against the far OOD sets
   (docs/benchmarks.md, "Where the features lie"), and IsoMax+ / DisMax logits divide it out.
@@ -21,6 +21,8 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+
+from .._io import atomic_write
 
 __all__ = ["feature_norm", "norm_cosine", "knn", "FeatureBank", "FEATURE_BANK_NAME", "DEFAULT_BANK_LIMIT"]
 
@@ -70,7 +72,7 @@ def norm_cosine(features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Te
 
 class FeatureBank:
     """Pre-logit features of training images, kept beside a model: KNN's neighbours, and the fit of the post-hoc
-    detectors (:mod:`timm_isomax.posthoc`).
+    detectors (:mod:`timm_isomax.ood.posthoc`).
 
     ``features`` (N, D) float32 as the backbone gives them (KNN normalises them), ``labels`` (N,), and where they
     came from (``source``, e.g. ``"cifar10:train[held out 0.1, seed 0]"``).
@@ -128,8 +130,6 @@ class FeatureBank:
 
     def save(self, folder: Union[str, Path]) -> Path:
         """Write ``<folder>/feature_bank.safetensors`` (atomically); returns its path."""
-        from .._io import atomic_write
-
         path = Path(folder) / FEATURE_BANK_NAME
         metadata = {"source": self.source, "total_rows": str(self.total_rows), "format": "timm-isomax feature bank 1"}
         tensors = {"features": self.features, "labels": self.labels}

@@ -25,7 +25,7 @@ Operating point of the two FPR95 metrics: the *first* point of the ROC curve (th
 most to the least confident) whose TPR is >= 0.95, as OpenOOD and pytorch-ood, not the nearest point.
 """
 from dataclasses import dataclass
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ __all__ = [
     "ood_metrics_table",
     "METRIC_NAMES",
     "METRIC_DESCRIPTIONS",
+    "METRIC_TITLES",
+    "percent",
     "MEAN_ROW",
     "TPR_LEVEL",
     "min_count",
@@ -59,6 +61,16 @@ METRIC_DESCRIPTIONS: Dict[str, str] = {
     "detection_accuracy": "detection accuracy: max over thresholds of (TPR + TNR) / 2, ID positive",
 }
 METRIC_NAMES: Tuple[str, ...] = tuple(METRIC_DESCRIPTIONS)
+# The short column title of each metric: one table for the evaluation's text table, the benchmark's Markdown and
+# the model card (which marks the two ID-positive rates "(ID+)").
+METRIC_TITLES: Dict[str, str] = {"auroc": "AUROC", "fpr_at_95_tpr": "FPR@95", "tnr_at_95_tpr": "TNR@95",
+                                 "fpr95_ood_positive": "FPR95(OOD+)", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out",
+                                 "detection_accuracy": "DTACC"}
+
+
+def percent(value: Optional[float], missing: str = "-") -> str:
+    """A metric in [0, 1] as percent with two decimals, as every table prints it; ``missing`` where it is None."""
+    return missing if value is None else f"{100 * value:.2f}"
 
 
 def as_score_array(scores: ArrayLike, name: str = "scores") -> np.ndarray:

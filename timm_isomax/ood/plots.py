@@ -122,7 +122,7 @@ def _slug(name: str) -> str:
 
 def save_plots(evaluations: Sequence, id_name: str, ood_names: Sequence[str], output: Union[str, Path]) -> List[Path]:
     """``hist_<ood>.png`` and ``roc_<ood>.png`` in ``output`` for each OOD set, every model and score of
-    ``evaluations`` (:class:`timm_isomax.evaluation.ModelEvaluation`) side by side; returns the paths."""
+    ``evaluations`` (:class:`timm_isomax.ood.evaluation.ModelEvaluation`) side by side; returns the paths."""
     paths = []
     for ood in ood_names:
         panels = [ScorePanel(f"{e.name} / {score}", e.id_scores[score], e.ood_scores[score][ood])

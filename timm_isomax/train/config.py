@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data.datasets import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
+from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
 from ..ood.detectors import FEATURE_SCORES, LOGIT_SCORES, needs_features, score_problem
 from ..ood.feature_scores import DEFAULT_BANK_LIMIT
 from ..layers.fpr import fpr_batch_problem
@@ -16,7 +16,7 @@ __all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SC
 HEADS = ("softmax", *HEAD_TYPES)
 # The OOD score each head is monitored with and its deployment threshold fitted on, unless ``score`` says.
 DEFAULT_SCORES: Dict[str, str] = {"softmax": "msp", **DEFAULT_OOD_SCORES}
-# The logit scores of each head (the final evaluation adds the feature scores: timm_isomax.detectors).
+# The logit scores of each head (the final evaluation adds the feature scores: timm_isomax.ood.detectors).
 HEAD_SCORES: Dict[str, Tuple[str, ...]] = LOGIT_SCORES
 # Settings added after runs were recorded: left out of to_json() at their default, so the records of older runs
 # (compared key by key on --resume) stay the same records.
@@ -82,7 +82,7 @@ class TrainConfig:
     ``head``: ``softmax`` trains the plain timm model with cross-entropy (its output folder is a plain timm
     folder); ``isomax`` / ``isomaxplus`` / ``dismax`` convert the start model and train with the entropic loss
     (a ``model`` named ``<arch>_<head>`` picks its head itself: :attr:`effective_head`).
-    ``dismax_fpr``: DisMax's fractional probability regularisation (:mod:`timm_isomax.fpr`): the second half
+    ``dismax_fpr``: DisMax's fractional probability regularisation (:mod:`timm_isomax.layers.fpr`): the second half
     of every training batch becomes quadrant images of four images each, with fractional targets.
     ``freeze_backbone``: only the head trains, on features the frozen backbone computes once
     (``feature_cache``: a folder that keeps them between runs; default: in memory for this run).

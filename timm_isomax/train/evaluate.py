@@ -1,12 +1,12 @@
 """What a run measures: per epoch, validation accuracy, the OOD score's statistics and AUROC per OOD set;
-at the end, every score of the head on every OOD set with all of :func:`~timm_isomax.metrics.ood_metrics`."""
+at the end, every score of the head on every OOD set with all of :func:`~timm_isomax.ood.metrics.ood_metrics`."""
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..models.inference import predict
+from ..models.inference import predict_logits
 from ..ood.metrics import auroc, ood_metrics
 from ..layers.scores import get_score
 
@@ -34,8 +34,8 @@ def evaluate_epoch(loaders: EvalLoaders, score_name: str, device: torch.device, 
                    with_ood: bool) -> "tuple[Dict, Logits]":
     """The epoch's log record and the logits it was computed from (OOD sets only ``with_ood``)."""
     score = get_score(score_name)
-    val_logits, val_labels = predict(loaders.module, loaders.val, device, amp)
-    ood_logits = {name: predict(loaders.module, loader, device, amp)[0]
+    val_logits, val_labels = predict_logits(loaders.module, loaders.val, device, amp)
+    ood_logits = {name: predict_logits(loaders.module, loader, device, amp)[0]
                   for name, loader in loaders.ood.items()} if with_ood else {}
     val_scores = score(val_logits).double()
     record = {"val_accuracy": (val_logits.argmax(1) == val_labels).double().mean().item(),

@@ -28,7 +28,7 @@ Extractor = Callable[[torch.Tensor], torch.Tensor]
 
 def frozen_parts(model: nn.Module) -> Tuple[Extractor, nn.Module]:
     """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``
-    (:func:`timm_isomax.detectors.model_parts`); a model whose logits are not one module on its pre-logits is a
+    (:func:`timm_isomax.ood.detectors.model_parts`); a model whose logits are not one module on its pre-logits is a
     one-line ``ValueError``: a frozen backbone needs a head that is one module on cached features."""
     try:
         return model_parts(model)

@@ -5,7 +5,7 @@ What each set is for:
 
 * ID validation (held out of the training data, or the dataset's validation split): the threshold, and the ID side
   of the choice;
-* OOD validation: jigsaw puzzles of the ID validation images (:class:`~timm_isomax.selection.JigsawImages`) and the
+* OOD validation: jigsaw puzzles of the ID validation images (:class:`~timm_isomax.ood.selection.JigsawImages`) and the
   ``ood_val_datasets`` (e.g. the validation part of a clean near set); never the test sets;
 * ID test (``test_split``; without it the validation split stands in, as before) against the ``ood_datasets``:
   the metrics reported, for every score; nothing is chosen on them.
@@ -16,13 +16,13 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data.datasets import dataset_for_model, load_sample
+from ..data import dataset_for_model, load_sample
 from ..ood.detectors import Outputs, Scorer, candidate_scores, model_outputs
 from ..ood.feature_scores import FeatureBank
 from ..ood.metrics import TPR_LEVEL, ood_metrics
 from ..ood.deploy import fit_threshold
 from ..ood.selection import JIGSAW_SET, JigsawImages, choose_score
-from ..data.views import dataset_name
+from ..data import dataset_name
 from .config import TrainConfig
 from .features import FeatureCache, frozen_parts
 

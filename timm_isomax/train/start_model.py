@@ -8,9 +8,10 @@ from torch import nn
 
 from ..models.conversion import (ConversionReport, class_mean_prototypes, convert_softmax_model, load_softmax_model,
                           uses_unit_vectors)
-from ..data.datasets import dataset_for_model, model_in_chans
+from ..data import dataset_for_model, model_in_chans
 from ..models.classifier import IsoMaxClassifier
-from ..models.registry import base_architecture, closest_models_hint
+from ..models.factory import closest_models_hint
+from ..models.registry import base_architecture
 from .config import TrainConfig
 
 __all__ = ["build_start_model", "model_kwargs", "data_config_overrides"]

@@ -17,8 +17,7 @@ from ..models.conversion import ConversionReport
 from .._io import atomic_write
 
 __all__ = ["check_resumed_settings", "changed_settings", "describe_changes", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
-           "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log",
-           "write_json"]
+           "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log"]
 
 TRAINING_DIR = "training"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -33,10 +32,6 @@ _MID_EPOCH_ENTRIES = {"step_in_epoch": int, "epoch_loss_sum": float, "rng": dict
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1) + "\n"))
 
 
 # Settings a resumed run may change: where and how visibly it runs, not what it trains (``output``: the same

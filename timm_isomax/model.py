@@ -29,7 +29,8 @@ DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic",
 HEAD_TITLES: Dict[str, str] = {"isomaxplus": "IsoMax+", "isomax": "IsoMax", "dismax": "DisMax"}
 
 BACKBONE_PREFIX = "backbone."
-OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on")
+# id_scores: the chosen score on the ID validation images, as percentiles (timm_isomax.score_summary)
+OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on", "id_scores")
 
 # A '^' anchor: not escaped and not the negation inside a character class.
 _ANCHOR = re.compile(r"(?<![\\\[])\^")
@@ -57,7 +58,8 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
     """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
 
     ``score``: a score name (:func:`timm_isomax.detectors.is_score_name`); ``threshold``: a finite number or None;
-    ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
+    ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None; ``id_scores``: a percentile summary
+    (:func:`timm_isomax.score_summary.summary_problem`) or None.
     """
     from .detectors import is_score_name, score_problem
 
@@ -75,6 +77,11 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
         return f"ood_config tpr must be a number in (0, 1] or null, got {tpr!r}"
     if ood_config.get("fitted_on") is not None and not isinstance(ood_config["fitted_on"], str):
         return f"ood_config fitted_on must be a string or null, got {ood_config['fitted_on']!r}"
+    if ood_config.get("id_scores") is not None:
+        from .score_summary import summary_problem
+
+        problem = summary_problem(ood_config["id_scores"])
+        return f"ood_config {problem}" if problem else None
     return None
 
 

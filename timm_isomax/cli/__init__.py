@@ -9,6 +9,7 @@ Each command is a thin layer over library functions and has its own ``--help`` w
     timm-isomax reproduce hub_configs/resnet10t_isomaxplus.mnist.json
     timm-isomax push hub_configs/resnet10t_isomaxplus.mnist.json --dry-run outputs/hub_dry_run
     timm-isomax benchmark mnist --seeds 0                  # SoftMax vs IsoMax vs IsoMax+, one protocol
+    timm-isomax demo --model out/r50 --id-dataset uoft-cs/cifar10   # try a model in the browser
 """
 import importlib
 import os
@@ -25,6 +26,7 @@ COMMANDS = {
     "reproduce": ("reproduce", "train, evaluate and record a published model from its hub config"),
     "push": ("push", "upload a model folder with its card to the Hugging Face Hub (--dry-run writes it locally)"),
     "benchmark": ("benchmark", "SoftMax vs IsoMax vs IsoMax+ on the benchmark protocols, resumable, mean ± std"),
+    "demo": ("demo", "a local web page: one image, each model's classes, OOD score and verdict (needs [app])"),
 }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import _timm_compat
 from ..layers.score_names import is_score_name, score_problem
+from ..ood.score_summary import summary_problem
 from ..layers.heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
 __all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "HEAD_TITLES", "head_type_of_name",
@@ -30,7 +31,8 @@ DEFAULT_OOD_SCORES: Dict[str, str] = {"isomaxplus": "mds", "isomax": "entropic",
 HEAD_TITLES: Dict[str, str] = {"isomaxplus": "IsoMax+", "isomax": "IsoMax", "dismax": "DisMax"}
 
 BACKBONE_PREFIX = "backbone."
-OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on")
+# id_scores: the chosen score on the ID validation images, as percentiles (timm_isomax.ood.score_summary)
+OOD_CONFIG_KEYS = ("score", "threshold", "tpr", "fitted_on", "id_scores")
 
 # A '^' anchor: not escaped and not the negation inside a character class.
 _ANCHOR = re.compile(r"(?<![\\\[])\^")
@@ -58,7 +60,8 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
     """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
 
     ``score``: a score name (:func:`timm_isomax.layers.score_names.is_score_name`); ``threshold``: a finite number or None;
-    ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None.
+    ``tpr``: a number in (0, 1] or None; ``fitted_on``: a string or None; ``id_scores``: a percentile summary
+    (:func:`timm_isomax.ood.score_summary.summary_problem`) or None.
     """
     if not isinstance(ood_config, dict):
         return f"ood_config must be an object with keys {list(OOD_CONFIG_KEYS)}, got {type(ood_config).__name__}"
@@ -74,6 +77,9 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
         return f"ood_config tpr must be a number in (0, 1] or null, got {tpr!r}"
     if ood_config.get("fitted_on") is not None and not isinstance(ood_config["fitted_on"], str):
         return f"ood_config fitted_on must be a string or null, got {ood_config['fitted_on']!r}"
+    if ood_config.get("id_scores") is not None:
+        problem = summary_problem(ood_config["id_scores"])
+        return f"ood_config {problem}" if problem else None
     return None
 
 

@@ -21,6 +21,7 @@ from ..ood.detectors import Outputs, Scorer, candidate_scores, model_outputs
 from ..ood.feature_scores import FeatureBank
 from ..ood.metrics import TPR_LEVEL, ood_metrics
 from ..ood.deploy import fit_threshold
+from ..ood.score_summary import summarize_scores
 from ..ood.selection import JIGSAW_SET, JigsawImages, choose_score
 from ..data import dataset_name
 from .config import TrainConfig
@@ -128,7 +129,8 @@ def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, out
         test_images=len(test.logits), id_split=cfg.test_split or sets.splits.val_split, ood_images=ood_counts,
         metrics=metrics, score=chosen, chosen_by="setting (--score)" if cfg.score else "validation",
         selection=selection.to_json(), ood_val_images={name: len(o.logits) for name, o in ood_val.items()},
-        feature_bank=bank.describe() if bank is not None else None, unavailable_scores=unavailable)
+        feature_bank=bank.describe() if bank is not None else None, unavailable_scores=unavailable,
+        id_scores=summarize_scores(val_scores[chosen], chosen, threshold))  # what the demo draws (score_summary)
     return evaluation, threshold
 
 

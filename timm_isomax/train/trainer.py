@@ -347,7 +347,8 @@ def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, final_sets: F
     evaluation, threshold = final_evaluation(final_sets, head, classifier, output)
     evaluation.update(threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on, ood_split=cfg.ood_split)
     if isinstance(model, IsoMaxClassifier):
-        model.update_ood_config(score=evaluation["score"], threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on)
+        model.update_ood_config(score=evaluation["score"], threshold=threshold, tpr=TPR_LEVEL, fitted_on=splits.fitted_on,
+                                id_scores=evaluation["id_scores"])
     write_json(output / TRAINING_DIR / EVALUATION_NAME, evaluation)
     chosen = evaluation["selection"]["aurocs"].get(evaluation["score"], {})
     print(f"OOD score: {evaluation['score']} ({evaluation['chosen_by']}; validation AUROC "

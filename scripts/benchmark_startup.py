@@ -7,6 +7,7 @@
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_wheel(out: Path) -> Path:
-    """The project's wheel, built from this checkout (no build isolation: this venv's setuptools)."""
+    """The project's wheel, built from this checkout (no build isolation: this venv's setuptools).
+
+    setuptools stages the package in the checkout's ``build/`` (git-ignored) and never empties it: a module that
+    was moved or deleted since the last build would ship in the wheel. So the staging folder goes first."""
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w",
                     str(out)], check=True, capture_output=True, text=True)
     return next(out.glob("timm_isomax-*.whl"))

@@ -218,5 +218,5 @@ def _score_and_bank_lines(model_folder: Optional[Union[str, Path]]) -> List[str]
         bank = FeatureBank.load(model_folder).describe()
         lines += [f"Feature bank: `{FEATURE_BANK_NAME}`, {bank['rows']} training features of width {bank['width']} "
                   f"({bank['megabytes']} MB; from {bank['source']}), read by the `knn<k>` scores and the post-hoc "
-                  "detectors (`timm_isomax.ood.feature_scores.feature_bank_of(model)` downloads it on first use).", ""]
+                  "detectors (`timm_isomax.feature_scores.feature_bank_of(model)` downloads it on first use).", ""]
     return lines

@@ -170,7 +170,7 @@ class DisMaxLoss(IsoMaxLoss):
         targets = _check_logits_and_targets(logits, targets)
         if targets.ndim != 2:
             raise ValueError("DisMaxLoss(fpr=True) takes the soft targets (batch, num_classes) of "
-                             "timm_isomax.layers.fpr.fractional_probability_batch, got class indices: build the batch with "
+                             "timm_isomax.fpr.fractional_probability_batch, got class indices: build the batch with "
                              "it first (the trainer does, with --dismax-fpr), or use DisMaxLoss().")
         problem = fpr_batch_problem(logits.shape[0])
         if problem:

@@ -89,17 +89,51 @@ def _unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return x / norms, norms
 
 
+# Feature rows with a norm in [2^-32, inf) are normalised as they are: their squared norm neither overflowed
+# (inf; NaN and inf rows fail the test too) nor underflowed (0, or a sum that lost bits). There, dividing
+# by a power of two first (_rescaled_unit_rows) gives the same bits, as it is exact except where it makes
+# subnormals: squares of elements below ~2^-63, whose rounding (at most D * 2^-150 in all) lies ~2^20 below
+# half an ulp of |x|^2 >= 2^-64 for D up to 2^40, and unit components below 2^-126, rounded twice there.
+_PLAIN_NORM_MIN = 2.0 ** -32
+
+
 def _unit_feature_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`_unit_rows` that also holds for rows whose squared norm over- or underflows float32 (norms
     above ~1e19 or below ~1e-19, where ``x.norm()`` gives inf or 0 and the direction would be lost).
 
-    Each row is divided by its largest magnitude first (a constant for autograd: the direction does not
-    depend on it). Used for features, the head's untrusted input; prototypes are trained parameters, and
-    this costs two extra passes over (B, D), not over the (C, D) prototypes.
+    Used for features, the head's untrusted input; prototypes are trained parameters. Eager on the CPU the
+    norms come first, and the batch goes through :func:`_rescaled_unit_rows` (two extra passes over (B, D),
+    a measurable part of the forward: docs/performance.md) only if one of them is out of range: branching on
+    the data is free there, with no device to wait for. Elsewhere (see :func:`_can_branch_on_values`) every batch is
+    rescaled. Both ways give the same bits (see ``_PLAIN_NORM_MIN`` for the subnormal fine print).
+    """
+    if _can_branch_on_values(x):
+        norms = x.norm(dim=1, keepdim=True)
+        if bool(((norms >= _PLAIN_NORM_MIN) & (norms < math.inf)).all()):
+            return x / norms, norms  # norms >= 2^-32: _unit_rows' floor (1e-12) would not act
+    return _rescaled_unit_rows(x)
+
+
+def _rescaled_unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_unit_rows` of each row divided first by a power of two >= its largest magnitude, then scaled back:
+    no square can overflow, and the largest is > 1/4, so the direction survives underflow of the others.
+
+    The scale is a constant for autograd (the direction does not depend on it). Two extra passes over (B, D).
     """
     row_scale = _power_of_two_at_least(x.detach().abs().amax(dim=1, keepdim=True))
     unit, norms = _unit_rows(x / row_scale)
     return unit, norms * row_scale
+
+
+def _can_branch_on_values(x: torch.Tensor) -> bool:
+    """Whether a Python ``if`` on the values of ``x`` is free and allowed: a plain CPU tensor in eager mode.
+
+    Not on accelerators (a host sync), under torch.compile or torch.jit.trace (ONNX export), nor for tensors
+    without values to branch on: torch.export's fake tensors (a subclass) and functorch's (vmap) wrappers.
+    """
+    # the compile check first: dynamo cannot trace the functorch one
+    return (not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and x.device.type == "cpu"
+            and type(x) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
 def _power_of_two_at_least(magnitude: torch.Tensor) -> torch.Tensor:

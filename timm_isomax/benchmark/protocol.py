@@ -144,6 +144,8 @@ def train_config(protocol: BenchmarkProtocol, head: str, seed: int, data_root, r
     settings["checkpoint"] = _checkpoint_path(settings.get("checkpoint"), data_root)
     if settings.get("freeze_backbone") and feature_cache is not None:
         settings.setdefault("feature_cache", str(feature_cache))
+    if settings.get("data_on_device") and feature_cache is not None:  # decoded images: tensors cached by key too
+        settings.setdefault("decoded_cache", str(feature_cache))
     settings.setdefault("ood_eval_every", 0)  # a benchmark measures OOD once, at the end
     # validation is held out of the training split (TrainConfig's val_fraction): thresholds and the choice of score
     # read it and the OOD validation sets; the test split and the OOD test sets give the final numbers only

@@ -2,7 +2,8 @@
 
 One module per concern: where datasets come from (:mod:`.sources`), JSON views of them (:mod:`.views`), their
 columns and labels (:mod:`.columns`), decoding and the torch dataset (:mod:`.images`), preprocessing from the
-model's data config (:mod:`.transforms`), and which rows: samples and validation splits (:mod:`.splits`).
+model's data config (:mod:`.transforms`), splits decoded once into uint8 tensors (:mod:`.decoded`), batched
+augmentation of such tensors on their device (:mod:`.augment`), and which rows: samples and validation splits (:mod:`.splits`).
 
 ``timm_isomax.data`` was one module before it became this package; its names stay here.
 """
@@ -21,6 +22,9 @@ _EXPORTS = {
     "LabelledSplits": "splits", "load_labelled_splits": "splits", "sample_rows": "splits", "load_sample": "splits",
     "SUBSETS": "splits", "DEFAULT_VAL_FRACTION": "splits", "TEST_SPLIT": "splits", "subset_problem": "splits",
     "val_fraction_problem": "splits",
+    "DecodedImages": "decoded", "DecodedCache": "decoded", "decode_rows": "decoded", "decoded_for_model": "decoded",
+    "PAD_MODES": "augment", "FLIPS": "augment", "TTA_LEVELS": "augment", "crop_flip": "augment",
+    "draw_crop_flip": "augment", "tta_views": "augment",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,9 +6,11 @@ One module per concern:
 * :mod:`.config`: every setting (:class:`TrainConfig`), checked before anything loads;
 * :mod:`.start_model`: the model a run starts from (kept SoftMax, converted, loaded, or fresh);
 * :mod:`.features`: frozen-backbone runs, whose features are computed once and cached;
+* :mod:`.batches`: training batches from images decoded once, augmented as tensors on the device;
 * :mod:`.optim`: loss per head, timm's optimizer / scheduler factories, mixup and DisMax's FPR, AMP scaling;
 * :mod:`.loop`: the training loop (one epoch, or the rest of an interrupted one);
 * :mod:`.evaluate`: per-epoch validation and OOD AUROC, the final evaluation with every score;
+* :mod:`.final`: the final evaluation (every score, the choice on validation, test-time augmentation);
 * :mod:`.rng`: exact resume (per-epoch seeds, per-image augmentation seeds, generator states);
 * :mod:`.state`: the output folder's files and the checkpoint a run resumes from;
 * :mod:`.runtime`: one process or DDP ranks, the output folder's lock, stopping on SIGINT / SIGTERM;

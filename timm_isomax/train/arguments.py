@@ -3,11 +3,11 @@ and by ``timm-isomax reproduce``, whose hub configs record their recipe as that 
 import argparse
 from typing import List, Optional, Sequence
 
-from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, SUBSETS
+from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, FLIPS, PAD_MODES, SUBSETS, TTA_LEVELS
 from ..models.checkpoints import KEY_MAPS, PACKAGED_CHECKPOINTS, checkpoint_path
 from ..ood.detectors import score_problem
 from ..ood.feature_scores import DEFAULT_BANK_LIMIT
-from .config import HEADS, TrainConfig
+from .config import HEADS, WHITEN_STEM, TrainConfig
 
 __all__ = ["finetune_parser", "settings_from_args", "offline_default_args", "score_name"]
 
@@ -18,6 +18,11 @@ def score_name(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def _choice(group, flag: str, choices: Sequence[str], description: str) -> None:
+    # a setting with named values, the first the default (the old behaviour)
+    group.add_argument(flag, default=choices[0], choices=choices, help=f"{description} (default: %(default)s)")
 
 
 def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
@@ -76,6 +81,14 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
     g.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
                    help="random-resized-crop scale range (timm's default 0.08 1.0)")
     g.add_argument("--no-aug", action="store_true", help="train on the evaluation transform (--augmentation none)")
+    g.add_argument("--data-on-device", action="store_true",
+                   help="decode every split once into uint8 tensors on --device and augment training batches there "
+                        "as tensors (crop-flip or none), instead of decoding JPEG every epoch")
+    g.add_argument("--decoded-cache", metavar="DIR", help="keep the decoded tensors of --data-on-device in DIR between runs")
+    _choice(g, "--flip", FLIPS, "--data-on-device: random flips, or airbench's alternating flips (a seeded flip per "
+                                "image, inverted every other epoch)")
+    _choice(g, "--pad-mode", PAD_MODES, "--data-on-device: what a crop shifts in at the border: zeros (torchvision's "
+                                        "padded crop) or the reflected image (airbench's translate)")
     g.add_argument("--workers", type=int, default=2)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=5)
@@ -103,6 +116,10 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
                         "the log reads msp for softmax, mds for isomaxplus, entropic for isomax, mmles for dismax)")
     g.add_argument("--ood-eval-every", type=int, default=1, metavar="EPOCHS",
                    help="OOD AUROC in the log every EPOCHS epochs (0: only the final evaluation)")
+    _choice(g, "--whiten-stem", WHITEN_STEM, "init / frozen: start the first convolution from the whitening of "
+                                             "training-image patches (airbench), then train it or keep it fixed")
+    _choice(g, "--tta", TTA_LEVELS, "the final evaluation adds a 'tta' record with test-time augmented logits (mirror; "
+                                    "mirror and 1-pixel shifts); the main numbers stay without TTA")
     g.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 + grad scaling on CUDA (the head stays fp32)")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--seed", type=int, default=0)

@@ -4,13 +4,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, subset_problem, val_fraction_problem
+from ..data import AUGMENTATIONS, DEFAULT_VAL_FRACTION, FLIPS, PAD_MODES, TTA_LEVELS, subset_problem, val_fraction_problem
 from ..ood.detectors import FEATURE_SCORES, LOGIT_SCORES, needs_features, score_problem
 from ..ood.feature_scores import DEFAULT_BANK_LIMIT
 from ..layers.fpr import fpr_batch_problem
 from ..models.classifier import DEFAULT_OOD_SCORES, HEAD_TYPES, head_type_of_name
 
-__all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE"]
+__all__ = ["TrainConfig", "HEADS", "DEFAULT_SCORES", "HEAD_SCORES", "ENTROPIC_SCALE", "WHITEN_STEM"]
 
 # What the trainer can train: the plain timm model (linear classifier + cross-entropy) and every head kind.
 HEADS = ("softmax", *HEAD_TYPES)
@@ -21,7 +21,12 @@ HEAD_SCORES: Dict[str, Tuple[str, ...]] = LOGIT_SCORES
 # Settings added after runs were recorded: left out of to_json() at their default, so the records of older runs
 # (compared key by key on --resume) stay the same records.
 _ADDED_LATER: Dict[str, Any] = {"dismax_fpr": False, "test_split": None, "ood_val_datasets": (), "ood_val_split": "val",
-                                "feature_bank": True, "bank_limit": DEFAULT_BANK_LIMIT}
+                                "feature_bank": True, "bank_limit": DEFAULT_BANK_LIMIT, "data_on_device": False,
+                                "decoded_cache": None, "flip": "random", "pad_mode": "zeros", "whiten_stem": "none",
+                                "tta": "none"}
+# How the first convolution starts: as built, or airbench's patch whitening (from training-patch statistics), then
+# trained or frozen.
+WHITEN_STEM = ("none", "init", "frozen")
 # The IsoMax losses' entropic scale (cross-entropy on ``10 * logits``), both papers' value.
 ENTROPIC_SCALE = 10.0
 
@@ -94,6 +99,12 @@ class TrainConfig:
     mean AUROC of the ID validation images against the OOD validation sets (jigsaw puzzles of them, and
     ``ood_val_datasets`` read from ``ood_val_split``), among every score of the head (:mod:`timm_isomax.train.final`).
     ``test_split``: the ID split the final evaluation reports against ``ood_datasets`` (None: the validation split).
+    ``data_on_device``: every split is decoded once into a uint8 tensor (``decoded_cache``: a folder that keeps it
+    between runs) on the run's device, and training batches are augmented there as tensors (``crop-flip`` or
+    ``none``; ``pad_mode`` zeros or reflect, ``flip`` random or alternating) instead of decoding JPEG every epoch.
+    ``whiten_stem``: ``init`` / ``frozen`` start the first convolution from the whitening of its kernel-sized patches
+    of the training images (airbench), ``frozen`` keeps it fixed. ``tta``: the final evaluation adds a ``tta`` record with
+    the test-time augmented logits (flips, shifts); the main numbers stay without it.
     ``feature_bank``: save the training features beside the model (``feature_bank.safetensors``, at most
     ``bank_limit`` rows) for KNN and the post-hoc detectors.
     ``train_limit`` / ``val_limit`` (the latter also for the OOD sets): ``subset`` picks the rows, a
@@ -142,6 +153,12 @@ class TrainConfig:
     std: Optional[Tuple[float, ...]] = None
     interpolation: Optional[str] = None
     augmentation: str = "rrc"
+    data_on_device: bool = False
+    decoded_cache: Optional[str] = None
+    flip: str = "random"
+    pad_mode: str = "zeros"
+    whiten_stem: str = "none"
+    tta: str = "none"
     crop_scale: Tuple[float, float] = (0.08, 1.0)
     crop_padding: int = 4
     amp: bool = False
@@ -195,7 +212,8 @@ class TrainConfig:
             return optimizer_problem
         if self.augmentation not in AUGMENTATIONS:
             return f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}."
-        data_problem = subset_problem(self.subset) or val_fraction_problem(self.val_fraction)
+        data_problem = (self._decoded_problem() or subset_problem(self.subset)
+                        or val_fraction_problem(self.val_fraction))
         if data_problem:
             return data_problem
         for name in ("train_limit", "val_limit"):
@@ -248,6 +266,27 @@ class TrainConfig:
             return "feature_cache holds a frozen backbone's features: it needs --freeze-backbone."
         if self.from_scratch and (self.checkpoint or self.freeze_backbone):
             return "--from-scratch starts from random weights: drop --checkpoint / --freeze-backbone."
+        return None
+
+    def _decoded_problem(self) -> Optional[str]:
+        for name, value, choices in (("flip", self.flip, FLIPS), ("pad_mode", self.pad_mode, PAD_MODES),
+                                     ("whiten_stem", self.whiten_stem, WHITEN_STEM), ("tta", self.tta, TTA_LEVELS)):
+            if value not in choices:
+                return f"{name} must be one of {', '.join(choices)}, got {value!r}."
+        if self.whiten_stem != "none" and self.freeze_backbone:
+            return "--whiten-stem sets the first convolution, which --freeze-backbone keeps as loaded: drop one of them."
+        if not self.data_on_device:
+            if self.decoded_cache is not None or self.flip != "random" or self.pad_mode != "zeros":
+                return ("--decoded-cache, --flip alternating and --pad-mode reflect belong to the decoded tensors of "
+                        "--data-on-device: add --data-on-device.")
+            return None
+        if self.augmentation == "rrc":
+            return ("--data-on-device augments batched tensors with crop-flip or none; timm's random-resized crop "
+                    "works on PIL images: add --augmentation crop-flip (or --no-aug).")
+        if self.freeze_backbone:
+            return "--freeze-backbone trains on cached features, not images: drop --data-on-device."
+        if self.pad_mode == "reflect" and self.crop_padding >= (self.img_size or 32):
+            return f"--pad-mode reflect needs --crop-padding smaller than the image, got {self.crop_padding}."
         return None
 
     def _normalisation_problem(self) -> Optional[str]:

@@ -7,18 +7,16 @@ fingerprint and count). Other weights, another image size or other rows give ano
 features.
 """
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-import safetensors.torch
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..ood.detectors import model_parts
 from ..models.inference import amp_dtype
-from .._io import atomic_write
+from .._io import cached_tensors, content_key
 from ..models.classifier import IsoMaxClassifier
 
 __all__ = ["frozen_parts", "backbone_fingerprint", "FeatureCache", "compute_features"]
@@ -90,19 +88,15 @@ class FeatureCache:
         description = dict(backbone=self.fingerprint, amp=self.amp, transform=repr(getattr(dataset, "transform", None)),
                            mode=getattr(dataset, "mode", None), rows=len(dataset),
                            data=getattr(rows, "_fingerprint", None) or repr(rows))
-        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
+        return content_key(description)
 
     def get(self, dataset, name: str, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        def compute():
+            features, labels = compute_features(self.features_of, self.model, dataset, batch_size, self.device,
+                                                self.amp, self.workers, self.progress, f"features of {name}")
+            return {"features": features, "labels": labels.long()}
+
         path = self.folder / f"{self.key(dataset)}.safetensors" if self.folder else None
-        if path is not None and path.exists():
-            tensors = safetensors.torch.load_file(str(path))
-            self.loaded += 1
-            return tensors["features"], tensors["labels"]
-        features, labels = compute_features(self.features_of, self.model, dataset, batch_size, self.device,
-                                            self.amp, self.workers, self.progress, f"features of {name}")
-        self.computed += 1
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tensors = {"features": features.contiguous(), "labels": labels.long().contiguous()}
-            atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"set": name}))
-        return features, labels.long()
+        tensors, loaded = cached_tensors(path, compute, metadata={"set": name})
+        self.loaded, self.computed = self.loaded + loaded, self.computed + (not loaded)
+        return tensors["features"], tensors["labels"]

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_sample
+from ..data import dataset_for_model, load_sample, tta_views
 from ..ood.detectors import Outputs, Scorer, candidate_scores, model_outputs
 from ..ood.feature_scores import FeatureBank
 from ..ood.metrics import TPR_LEVEL, ood_metrics
@@ -27,7 +27,7 @@ from ..data import dataset_name
 from .config import TrainConfig
 from .features import FeatureCache, frozen_parts
 
-__all__ = ["FinalSets", "final_evaluation"]
+__all__ = ["FinalSets", "final_evaluation", "TestTimeAugmented"]
 
 # Images per forward pass of the final evaluation (inference only: larger than a training batch).
 _EVAL_BATCH = 256
@@ -84,6 +84,39 @@ def _outputs(sets: FinalSets, features_of, head: nn.Module, dataset, name: str, 
     return model_outputs(features_of, head, loader, sets.device, sets.cfg.amp, keep_features=with_features)
 
 
+class TestTimeAugmented(nn.Module):
+    """``model`` with test-time augmentation: the weighted mean of its logits over the views of
+    :func:`timm_isomax.data.tta_views` at ``level`` (airbench's flips and 1-pixel shifts).
+
+    Example:
+        >>> logits = TestTimeAugmented(model, "flip-translate")(images)
+    """
+
+    def __init__(self, model: nn.Module, level: str):
+        super().__init__()
+        self.model, self.level = model, level
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return sum(weight * self.model(view).float() for weight, view in tta_views(images, self.level))
+
+
+def _tta_record(sets: FinalSets, head_kind: str, classifier: nn.Module, test_set) -> Dict[str, Any]:
+    # the logit scores again, on test-time augmented logits: a row of its own beside the run's plain numbers
+    augmented = TestTimeAugmented(sets.model, sets.cfg.tta)
+    run = lambda dataset: model_outputs(None, augmented, torch.utils.data.DataLoader(  # noqa: E731
+        dataset, batch_size=_EVAL_BATCH, shuffle=False), sets.device, sets.cfg.amp, keep_features=False)
+    val = run(sets.val_images)
+    test = run(test_set) if test_set is not None else val
+    scorer = Scorer(classifier)
+    names, _ = scorer.fitting(candidate_scores(head_kind, with_features=False), None, val.logits)
+    test_scores = scorer.scores(names, None, test.logits)
+    metrics: Dict[str, Dict[str, Any]] = {name: {} for name in names}
+    for ood_name, dataset in sets.ood_images.items():
+        for name, values in scorer.scores(names, None, run(dataset).logits).items():
+            metrics[name][ood_name] = ood_metrics(test_scores[name], values)
+    return dict(level=sets.cfg.tta, accuracy=_accuracy(test), val_accuracy=_accuracy(val), metrics=metrics)
+
+
 def _accuracy(outputs: Outputs) -> float:
     return (outputs.logits.argmax(1) == outputs.labels).double().mean().item()
 
@@ -131,6 +164,8 @@ def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, out
         selection=selection.to_json(), ood_val_images={name: len(o.logits) for name, o in ood_val.items()},
         feature_bank=bank.describe() if bank is not None else None, unavailable_scores=unavailable,
         id_scores=summarize_scores(val_scores[chosen], chosen, threshold))  # what the demo draws (score_summary)
+    if cfg.tta != "none" and not cfg.freeze_backbone:
+        evaluation["tta"] = _tta_record(sets, head_kind, classifier, test_set)
     return evaluation, threshold
 
 

@@ -7,12 +7,18 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "rng_states", "set_rng_states", "PerImageSeeds", "SkipFirst", "epoch_seed"]
+__all__ = ["seed_everything", "rng_states", "set_rng_states", "PerImageSeeds", "SkipFirst", "epoch_seed", "item_seed"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed every random stream of ``epoch`` starts from."""
     return seed * 1000 + epoch
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item of an epoch (an image, a batch): the same whichever process draws it and whenever, so a
+    run resumed in the middle of an epoch draws what the uninterrupted run drew."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63
 
 
 def seed_everything(seed: int) -> None:
@@ -55,7 +61,7 @@ class PerImageSeeds(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**63
+        image_seed = item_seed(self.seed, self.epoch, index)
         if torch.utils.data.get_worker_info() is not None:
             # a loader worker: nothing else draws from its generators, so no state to keep (saving and
             # restoring numpy's costs ~60 us per image, more than the seeding, on cores the model needs)

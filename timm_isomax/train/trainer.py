@@ -4,16 +4,18 @@ import json
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..data import dataset_for_model, load_labelled_splits, load_sample, model_data_config
+from ..data import DecodedCache, dataset_for_model, decoded_for_model, load_labelled_splits, load_sample, model_data_config
 from ..hub.folder import WEIGHTS_NAME, output_folder_problem, read_config, save_pretrained
 from ..hub.provenance import DATA_CONFIG_KEYS, recorded_provenance, weights_sha256
 from ..ood.metrics import TPR_LEVEL
 from ..models.classifier import IsoMaxClassifier
+from ..models.whitening import first_conv, whiten_first_conv
+from .batches import DecodedTrainBatches
 from .config import TrainConfig
 from .evaluate import EvalLoaders, evaluate_epoch
 from .features import FeatureCache
@@ -66,10 +68,13 @@ def _outside(module: nn.Module, classifier: nn.Module) -> List[nn.Module]:
     return parts
 
 
-def _set_backbone_trainable(model: nn.Module, classifier: nn.Module, trainable: bool) -> None:
+def _set_backbone_trainable(model: nn.Module, classifier: nn.Module, trainable: bool, fixed: Sequence[int] = ()) -> None:
+    # ``fixed``: ids of parameters that never train (a frozen whitened stem), whatever the stage
     head_ids = {id(p) for p in classifier.parameters()}
     for parameter in model.parameters():
-        if id(parameter) not in head_ids:
+        if id(parameter) in fixed:
+            parameter.requires_grad_(False)
+        elif id(parameter) not in head_ids:
             parameter.requires_grad_(trainable)
 
 
@@ -95,6 +100,7 @@ class _Run:
     updates_per_epoch: int = 0
     opt: Dict[str, Any] = field(default_factory=dict)
     start: Tuple[int, int, int] = (0, 0, 0)  # epoch, global step, step within that epoch
+    fixed: Tuple[int, ...] = ()  # ids of parameters that never train (a frozen whitened stem)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -112,6 +118,7 @@ def _run(cfg: TrainConfig, runtime: Runtime, output: Path) -> Path:
     seed_everything(cfg.seed)
     _load_data_and_start_model(run)
     _prepare_datasets(run)
+    _whiten_stem(run)
     _prepare_optimization(run)
     _restore_checkpoint(run)
     _record_settings(run)
@@ -184,14 +191,55 @@ def _prepare_datasets(run: _Run) -> None:
                 f"{cfg.feature_cache or 'memory'}")
         _set_backbone_trainable(model, classifier, False)
         train_module, eval_module = classifier, classifier
+    elif cfg.data_on_device:  # decoded once (or read from the cache), indexed and augmented on the device
+        train_set, val_loader = _decoded_sets(run, data_config)
+        train_module, eval_module = model, model
     else:
         train_set = PerImageSeeds(train_set, cfg.seed)
         train_module, eval_module = model, model
-    run.eval_loaders = EvalLoaders(eval_module, torch.utils.data.DataLoader(val_set, shuffle=False, **loader_kwargs),
-                                   {name: torch.utils.data.DataLoader(d, shuffle=False, **loader_kwargs)
-                                    for name, d in ood_sets.items()})
+    if not cfg.data_on_device:
+        val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_kwargs)
+    run.eval_loaders = EvalLoaders(eval_module, val_loader, {name: torch.utils.data.DataLoader(d, shuffle=False, **loader_kwargs)
+                                                             for name, d in ood_sets.items()})
     run.data_config, run.train_set, run.train_module, run.loader_kwargs = data_config, train_set, train_module, loader_kwargs
     run.final_images = (val_images, ood_images, cache)
+
+
+def _decoded_sets(run: _Run, data_config: Dict[str, Any]) -> Tuple[DecodedTrainBatches, Any]:
+    """``--data-on-device``: the training batches and the validation batches from images decoded once, on the
+    run's device (the final evaluation still reads the images, as every run does)."""
+    cfg, runtime, splits = run.cfg, run.runtime, run.splits
+    cache = DecodedCache(cfg.decoded_cache)
+    columns = dict(image_column=splits.image_column, label_column=splits.label_column)
+    train, val = (decoded_for_model(run.model, rows, cache, data_config, **columns).to(runtime.device)
+                  for rows in (splits.train, splits.val))
+    augmented = cfg.augmentation == "crop-flip"
+    batches = DecodedTrainBatches(train, cfg.batch_size, cfg.seed, cfg.crop_padding if augmented else 0,
+                                  cfg.flip if augmented else "none", cfg.pad_mode, runtime.rank, runtime.world_size)
+    run.say(f"decoded images: {cache.decoded} set(s) decoded, {cache.loaded} read from {cfg.decoded_cache or 'memory'}"
+            f" ({runtime.device})")
+    return batches, val.batches(cfg.batch_size)
+
+
+# Training images whose patches set the whitened first layer (airbench's count).
+_WHITENING_IMAGES = 5000
+
+
+def _whiten_stem(run: _Run) -> None:
+    """``--whiten-stem``: the first convolution from the training patches' whitening (a new run only: a resumed one
+    has its weights), frozen with ``frozen`` before the optimizer is made, so that it holds no state for it."""
+    cfg, splits = run.cfg, run.splits
+    if cfg.whiten_stem == "none":
+        return
+    if run.resume_state is None:
+        rows = splits.train.select(range(min(_WHITENING_IMAGES, len(splits.train))))
+        decoded = decoded_for_model(run.model, rows, None, run.data_config, splits.image_column, splits.label_column)
+        conv = whiten_first_conv(run.model, decoded.normalize(decoded.images))
+        run.say(f"whitened first layer: {conv.out_channels} filters from the patches of {len(rows)} training images")
+    if cfg.whiten_stem == "frozen":
+        conv = first_conv(run.model)
+        run.fixed = tuple(id(p) for p in conv.parameters())
+        _set_backbone_trainable(run.model, run.classifier, True, run.fixed)
 
 
 def _prepare_optimization(run: _Run) -> None:
@@ -200,9 +248,14 @@ def _prepare_optimization(run: _Run) -> None:
     run.sampler = (torch.utils.data.distributed.DistributedSampler(train_set, runtime.world_size, runtime.rank,
                                                                    shuffle=True, seed=cfg.seed, drop_last=True)
                    if runtime.world_size > 1 else None)
-    run.updates_per_epoch = (len(run.sampler) if run.sampler else len(train_set)) // cfg.batch_size
+    if isinstance(train_set, DecodedTrainBatches):
+        run.sampler, run.updates_per_epoch = None, train_set.steps_per_epoch
+        images = len(train_set.decoded)
+    else:
+        run.updates_per_epoch = (len(run.sampler) if run.sampler else len(train_set)) // cfg.batch_size
+        images = len(train_set)
     if run.updates_per_epoch < 1:
-        raise ValueError(f"{len(train_set)} training images make no full batch of {cfg.batch_size}; lower batch_size.")
+        raise ValueError(f"{images} training images make no full batch of {cfg.batch_size}; lower batch_size.")
     run.opt = make_optimization(cfg, run.train_module, run.classifier, run.head, run.updates_per_epoch,
                                 run.splits.num_classes, runtime.device)
 
@@ -293,7 +346,7 @@ def _trainable_module(run: _Run, head_only: bool) -> nn.Module:
     """The module the epoch trains, with the backbone frozen or not; wrapped for DDP across processes."""
     cfg, runtime = run.cfg, run.runtime
     if not cfg.freeze_backbone:
-        _set_backbone_trainable(run.model, run.classifier, not head_only)
+        _set_backbone_trainable(run.model, run.classifier, not head_only, run.fixed)
     if runtime.world_size > 1:
         return nn.parallel.DistributedDataParallel(
             run.train_module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
@@ -304,6 +357,9 @@ def _epoch_loader(run: _Run, epoch: int, seed: int, skip_steps: int) -> torch.ut
     """The epoch's training batches: shuffled from the epoch's seed (one shard per process), without the
     ``skip_steps`` batches a resumed epoch already trained on."""
     cfg, train_set, sampler = run.cfg, run.train_set, run.sampler
+    if isinstance(train_set, DecodedTrainBatches):  # its own seeded order and augmentation, batch by batch
+        train_set.epoch, train_set.skip = epoch, skip_steps
+        return train_set
     if isinstance(train_set, PerImageSeeds):
         train_set.epoch = epoch
     generator = torch.Generator().manual_seed(seed)

@@ -133,7 +133,11 @@ def test_threshold_is_fitted_stored_restored_and_flags_ood_images(models, shared
     validation = _loader(model, shared_data, "mnist", range(1000, 2000))
     with one_thread():
         threshold = fit_ood_threshold(model, validation, fitted_on="mnist:test[1000:2000]")
-        assert model.ood_config == dict(score="mds", threshold=threshold, tpr=0.95, fitted_on="mnist:test[1000:2000]")
+        recorded = dict(model.ood_config)
+        summary = recorded.pop("id_scores")  # the validation scores the threshold was fitted on, as percentiles
+        assert recorded == dict(score="mds", threshold=threshold, tpr=0.95, fitted_on="mnist:test[1000:2000]")
+        assert (summary["score"], summary["threshold"], summary["images"]) == ("mds", threshold, 1000)
+        assert summary["percentiles"][5] <= threshold <= summary["percentiles"][6]  # 95% of them at or above it
         folder = save_pretrained(model, tmp_path / "with_threshold", label_names=LABEL_NAMES)
         assert read_config(folder)["isomax"]["threshold"] == threshold
         restored = _load(folder)

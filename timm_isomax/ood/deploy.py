@@ -26,6 +26,7 @@ from torch import nn
 from .detectors import FEATURE_SCORES, Scorer, model_parts, needs_features, score_problem
 from .feature_scores import feature_bank_of
 from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
+from .score_summary import summarize_scores
 from ..layers.scores import get_score
 
 __all__ = ["fit_threshold", "fit_ood_threshold", "ood_scores", "is_ood", "predict", "Prediction"]
@@ -86,7 +87,8 @@ def fit_ood_threshold(model: nn.Module, loader: torch.utils.data.DataLoader, tpr
                       score: Optional[str] = None, fitted_on: Optional[str] = None,
                       device: Union[str, torch.device] = "cpu") -> float:
     """Fit the OOD threshold of an IsoMax model on an ID validation loader and store it in
-    ``model.ood_config`` (with ``tpr``, ``score`` and ``fitted_on``, a note of the data used).
+    ``model.ood_config`` (with ``tpr``, ``score``, ``fitted_on``, a note of the data used, and ``id_scores``, the
+    percentiles of those validation scores: what ``timm-isomax demo`` draws the threshold against).
 
     Example:
         >>> threshold = fit_ood_threshold(model, id_val_loader, fitted_on="mnist:train[55000:]")
@@ -99,7 +101,9 @@ def fit_ood_threshold(model: nn.Module, loader: torch.utils.data.DataLoader, tpr
     name = _score_name(model, score)
     scores, _ = _model_scores(model, (images for images, _ in loader), name, torch.device(device))
     threshold = fit_threshold(scores, tpr)
-    model.update_ood_config(score=name, threshold=threshold, tpr=tpr, fitted_on=fitted_on)
+    # the summary of the scores this threshold was fitted on replaces any earlier one (e.g. the training run's)
+    model.update_ood_config(score=name, threshold=threshold, tpr=tpr, fitted_on=fitted_on,
+                            id_scores=summarize_scores(scores, name, threshold))
     return threshold
 
 

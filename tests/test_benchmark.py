@@ -13,8 +13,9 @@ import pytest
 import safetensors
 
 import timm_isomax  # noqa: F401
-from timm_isomax.benchmark import (fill_result_tables, headline_table, load_protocol, load_runs, markdown_table,
-                                   missing_inputs, result_tables, run_protocol, smoke_version, summarize)
+from timm_isomax.benchmark import (TTA_SUFFIX, fill_result_tables, headline_table, load_protocol, load_runs,
+                                   markdown_table, missing_inputs, result_tables, run_protocol, smoke_version, summarize,
+                                   validated_headline_table)
 from timm_isomax.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -387,3 +388,33 @@ def test_the_headline_table_adds_dismax_only_on_the_seeds_it_compares():
     assert per_set[1].split(" | ")[5:8] == ["60.00 ± 0.00 (MSP)", "60.00 ± 0.00", "+0.00"]  # b: MDS 0.8 - 0.2
     assert headline_table(runs, protocol="other").count("\n") == 1  # another protocol's runs: no rows
     assert "p.per_set" in result_tables(runs)
+
+
+def test_test_time_augmented_numbers_are_rows_of_their_own_that_no_headline_picks():
+    # the committed ResNet-20 runs (validated, every score), each given a tta record: its logit scores' metrics
+    # raised by a known amount, as if TTA helped every score (the plain numbers must stay what they were)
+    runs = [run for run in load_runs(REPO / "benchmarks" / "results" / "cifar10_finetune_resnet20")
+            if all(row["head"] != "softmax" or "selection" in row for row in run["rows"])]
+    runs = [run for run in runs if any(row["head"] == "softmax" for row in run["rows"])]
+    plain_summary = summarize(runs)
+    boosted = json.loads(json.dumps(runs))
+    for run in boosted:
+        for row in run["rows"]:
+            metrics = {score: {ood: dict(values, auroc=min(1.0, values["auroc"] + 0.05)) for ood, values in per_set.items()}
+                       for score, per_set in row["metrics"].items() if score in ("msp", "energy", "mds")}
+            row["tta"] = dict(level="flip-translate", accuracy=row["accuracy"] + 0.01, metrics=metrics)
+    summary = summarize(boosted)
+    tta = {(e["head"], e["score"]): e for e in summary if e.get("tta")}
+    plain = {(e["head"], e["score"]): e for e in plain_summary}
+    assert ("softmax", "msp" + TTA_SUFFIX) in tta and ("isomaxplus", "mds" + TTA_SUFFIX) in tta
+    assert all(score.removesuffix(TTA_SUFFIX) in ("msp", "energy", "mds") for _, score in tta)
+    softmax_msp = tta[("softmax", "msp" + TTA_SUFFIX)]
+    assert softmax_msp["label"] == "SoftMax, MSP, TTA flip-translate"
+    assert softmax_msp["accuracy"]["mean"] == pytest.approx(plain[("softmax", "msp")]["accuracy"]["mean"] + 0.01)
+    assert softmax_msp["metrics"]["near mean"]["auroc"]["mean"] == pytest.approx(
+        min(1.0, plain[("softmax", "msp")]["metrics"]["near mean"]["auroc"]["mean"] + 0.05), abs=1e-9)
+    # every plain entry is unchanged, and the headline and its oracle read only them
+    assert [e for e in summary if not e.get("tta")] == plain_summary
+    assert validated_headline_table(boosted) == validated_headline_table(runs)
+    assert validated_headline_table(boosted, oracle=True) == validated_headline_table(runs, oracle=True)
+    assert "SoftMax, MSP, TTA flip-translate" in markdown_table(summary)

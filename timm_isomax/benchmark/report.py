@@ -12,7 +12,7 @@ from ..ood.detectors import KNN_KS
 from ..ood.metrics import METRIC_NAMES, METRIC_TITLES
 
 __all__ = ["summarize", "markdown_table", "headline_table", "validated_headline_table", "test_validated_headline_table",
-           "result_tables", "fill_result_tables", "CHOSEN", "SCORE_LABELS", "TABLE_METRICS"]
+           "result_tables", "fill_result_tables", "CHOSEN", "TTA_SUFFIX", "SCORE_LABELS", "TABLE_METRICS"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
 _SCORE_LABELS = {"msp": "MSP", "max_logit": "max logit", "energy": "energy", "entropic": "entropic", "mds": "MDS",
@@ -85,18 +85,45 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
                     throughput_ratio=_mean_std(ratios) if ratios else None,
                     distance_scale=_mean_std([row["distance_scale"] for row in rows])
                     if all("distance_scale" in row for row in rows) else None,
-                    metrics={column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
-                                      for metric in METRIC_NAMES if metric in per_run[0][column]}
-                             for column in columns}))
+                    metrics=_column_stats(per_run, columns)))
             if all("selection" in row for row in rows):  # runs that chose their score on validation (issue 29)
                 chosen = dict(summary[-1], score=CHOSEN, choices=[row["score"] for row in rows],
                               label=f"{_HEAD_LABELS.get(head, head)}, validation-chosen ({_choices_text(rows)})")
                 per_run = [_with_group_means(row["metrics"][row["score"]], groups) for row in rows]
-                chosen["metrics"] = {column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
-                                              for metric in METRIC_NAMES if metric in per_run[0][column]}
-                                     for column in columns}
+                chosen["metrics"] = _column_stats(per_run, columns)
                 summary.append(chosen)
+            plain = [entry for entry in summary if entry["protocol"] == name and entry["head"] == head
+                     and entry["score"] != CHOSEN]
+            if all("tta" in row for row in rows):  # test-time augmentation: rows of their own, never the baseline
+                summary += _tta_entries(plain, rows, groups, columns)
     return summary
+
+
+def _column_stats(per_run: Sequence[Dict], columns: Sequence[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    # mean ± std over the runs of each metric in each column
+    return {column: {metric: _mean_std([metrics[column][metric] for metrics in per_run])
+                     for metric in METRIC_NAMES if metric in per_run[0][column]}
+            for column in columns}
+
+
+# The score of a test-time augmented row: "<score>+tta" (its own key: the headline and the oracle never pick it).
+TTA_SUFFIX = "+tta"
+
+
+def _tta_entries(plain: Sequence[Dict], rows: Sequence[Dict], groups: Dict[str, List[str]],
+                 columns: Sequence[str]) -> List[Dict]:
+    """The logit scores again on test-time augmented logits (the runs' ``tta`` record, issue 30), beside the plain
+    entries they mirror: the same runs, another accuracy and other metrics."""
+    level = rows[0]["tta"]["level"]
+    entries = []
+    for base in plain:
+        if base["score"] not in rows[0]["tta"]["metrics"]:
+            continue
+        per_run = [_with_group_means(row["tta"]["metrics"][base["score"]], groups) for row in rows]
+        entries.append(dict(base, score=base["score"] + TTA_SUFFIX, tta=level, label=f"{base['label']}, TTA {level}",
+                            accuracy=_mean_std([row["tta"]["accuracy"] for row in rows]),
+                            metrics=_column_stats(per_run, columns)))
+    return entries
 
 
 # The summary entry of a head read with the score each of its runs chose on validation.
@@ -203,7 +230,7 @@ def validated_headline_table(runs: Sequence[Dict], protocol: Optional[str] = Non
             picked = {}
             for head, head_entries in by_head.items():
                 if oracle:
-                    candidates = [e for e in head_entries if e["score"] != CHOSEN]
+                    candidates = [e for e in head_entries if e["score"] != CHOSEN and not e.get("tta")]
                     picked[head] = max(candidates, key=lambda e: e["metrics"][column]["auroc"]["mean"]) if candidates else None
                 else:
                     picked[head] = next((e for e in head_entries if e["score"] == CHOSEN), None)
@@ -252,7 +279,7 @@ def test_validated_headline_table(runs: Sequence[Dict], protocol: Optional[str] 
              f"{companion_titles} |", "|---|---|---|---|---|---|---|---|" + "---|---|" * len(_HEADLINE_COMPANIONS)]
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         entries = {(e["head"], e["score"]): e for e in summary if e["protocol"] == name}
-        softmax = [e for (head, _), e in entries.items() if head == "softmax"]
+        softmax = [e for (head, _), e in entries.items() if head == "softmax" and not e.get("tta")]
         mds = entries.get(("isomaxplus", "mds"))
         if not softmax or mds is None:
             continue

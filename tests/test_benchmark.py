@@ -190,11 +190,14 @@ def test_protocol_files_load_and_shrink(shared_data):
 
 
 def test_ablation_protocols_load_and_differ_from_their_base_in_what_they_say(shared_data):
-    base = load_protocol(PROTOCOLS / "fashion_mnist.json")
+    # an ablation is named after its base protocol (the longest protocol name it starts with)
+    bases = sorted((p.stem for p in PROTOCOLS.glob("*.json")), key=len, reverse=True)
     for path in sorted((PROTOCOLS / "ablations").glob("*.json")):
         ablation = load_protocol(path)
+        base = load_protocol(PROTOCOLS / f"{next(b for b in bases if path.stem.startswith(b + '_'))}.json")
         changed = {k for k in set(base.train) | set(ablation.train) if base.train.get(k) != ablation.train.get(k)}
-        assert changed and changed <= {"epochs", "weight_decay", "head_weight_decay"}, (path.name, changed)
+        assert changed and changed <= {"epochs", "weight_decay", "head_weight_decay", "smoothing"}, (path.name, changed)
+        assert (ablation.id_dataset, ablation.ood_datasets) == (base.id_dataset, base.ood_datasets)
         assert missing_inputs(ablation, shared_data) == []
 
 

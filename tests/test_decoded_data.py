@@ -1,5 +1,6 @@
 """Images decoded once (--data-on-device): the cache holds exactly the decoded pixels, the batched crops and flips are
 torchvision's, the whitened first layer decorrelates its patches, and a run on decoded tensors resumes exactly."""
+import dataclasses
 import json
 
 import numpy as np
@@ -139,3 +140,14 @@ def test_decoded_settings_are_checked_and_leave_older_runs_records_alone():
         TrainConfig(**base, flip="alternating")
     with pytest.raises(ValueError, match="tta must be one of none, flip, flip-translate"):
         TrainConfig(**base, tta="mirror")
+
+
+def test_where_the_decoded_images_are_kept_may_change_when_a_run_resumes():
+    # like the feature cache: the cache is keyed by what it holds, so its folder is where, not what, a run trains
+    from timm_isomax.train.state import changed_settings
+
+    run = TrainConfig(model="cifar_airnet", dataset="../shared/data/cifar10", output="out", data_on_device=True,
+                      augmentation="crop-flip", decoded_cache="outputs/feature_cache")
+    moved = dataclasses.replace(run, decoded_cache="/elsewhere/feature_cache", output="/elsewhere/out")
+    assert changed_settings(run.to_json(), moved.to_json()) == []
+    assert changed_settings(run.to_json(), dataclasses.replace(run, pad_mode="reflect").to_json()) == ["pad_mode"]

@@ -35,9 +35,10 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
 
 
 # Settings a resumed run may change: where and how visibly it runs, not what it trains (``output``: the same
-# folder, named by another path, e.g. relative instead of absolute, or moved; ``feature_cache``: where
-# features are kept, keyed by what they depend on, so never stale).
-RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every", "output", "feature_cache")
+# folder, named by another path, e.g. relative instead of absolute, or moved; ``feature_cache`` and
+# ``decoded_cache``: where features and decoded images are kept, keyed by what they depend on, so never stale).
+RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_every", "output", "feature_cache",
+                     "decoded_cache")
 SETTINGS_NAME = "config.json"
 
 

@@ -7,7 +7,6 @@ dozen container types. One wrapper therefore covers every architecture with one 
 a ``backbone.`` prefix on backbone parameter names, which this class hides from timm's tooling by
 re-rooting ``group_matcher`` and ``no_weight_decay``.
 """
-import math
 import re
 from typing import Any, Callable, Dict, Optional, Set, Union
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from .. import _timm_compat
 from ..layers.score_names import is_score_name, score_problem
-from ..ood.score_summary import summary_problem
+from ..ood.score_summary import is_finite_number, summary_problem
 from ..layers.heads import DisMaxHead, IsoMaxHead, IsoMaxPlusHead
 
 __all__ = ["IsoMaxClassifier", "HEAD_TYPES", "DEFAULT_OOD_SCORES", "HEAD_TITLES", "head_type_of_name",
@@ -52,10 +51,6 @@ def head_type_of_name(model_name: str) -> Optional[str]:
     return next((kind for kind in HEAD_TYPES if arch.endswith("_" + kind)), None)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def ood_config_problem(ood_config: Any) -> Optional[str]:
     """What is wrong with an ``ood_config`` (e.g. read from a saved config.json), or None.
 
@@ -71,9 +66,9 @@ def ood_config_problem(ood_config: Any) -> Optional[str]:
     score, threshold, tpr = ood_config.get("score"), ood_config.get("threshold"), ood_config.get("tpr")
     if "score" in ood_config and not is_score_name(score):
         return f"ood_config {score_problem(score) if isinstance(score, str) else f'score must be a name, got {score!r}'}"
-    if threshold is not None and not _is_number(threshold):
+    if threshold is not None and not is_finite_number(threshold):
         return f"ood_config threshold must be a finite number or null, got {threshold!r}"
-    if tpr is not None and not (_is_number(tpr) and 0 < tpr <= 1):
+    if tpr is not None and not (is_finite_number(tpr) and 0 < tpr <= 1):
         return f"ood_config tpr must be a number in (0, 1] or null, got {tpr!r}"
     if ood_config.get("fitted_on") is not None and not isinstance(ood_config["fitted_on"], str):
         return f"ood_config fitted_on must be a string or null, got {ood_config['fitted_on']!r}"

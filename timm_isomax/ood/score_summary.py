@@ -20,7 +20,7 @@ import numpy as np
 
 from .metrics import ArrayLike, as_score_array
 
-__all__ = ["PERCENTILES", "summarize_scores", "summary_problem", "summary_matches", "share_below", "histogram"]
+__all__ = ["PERCENTILES", "summarize_scores", "summary_problem", "is_finite_number", "summary_matches", "share_below", "histogram"]
 
 # percentiles 0, 1, ..., 100: the minimum, every 1% step and the maximum
 PERCENTILES = np.linspace(0.0, 100.0, 101)
@@ -46,7 +46,8 @@ def summarize_scores(scores: ArrayLike, score: str, threshold: Optional[float] =
                 percentiles=[_rounded(v) for v in percentiles])
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float, and not a bool (JSON's true is no number): the check of every number a config holds."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -58,12 +59,12 @@ def summary_problem(summary: Any) -> Optional[str]:
         return f"id_scores must be an object with keys {list(keys)}, got {summary!r:.80}"
     if not isinstance(summary["score"], str):
         return f"id_scores score must be a score name, got {summary['score']!r:.40}"
-    if summary["threshold"] is not None and not _is_number(summary["threshold"]):
+    if summary["threshold"] is not None and not is_finite_number(summary["threshold"]):
         return f"id_scores threshold must be a finite number or null, got {summary['threshold']!r:.40}"
     if not (isinstance(summary["images"], int) and not isinstance(summary["images"], bool) and summary["images"] >= 1):
         return f"id_scores images must be a count >= 1, got {summary['images']!r:.40}"
     values = summary["percentiles"]
-    if not (isinstance(values, list) and len(values) == len(PERCENTILES) and all(_is_number(v) for v in values)):
+    if not (isinstance(values, list) and len(values) == len(PERCENTILES) and all(is_finite_number(v) for v in values)):
         return f"id_scores percentiles must be {len(PERCENTILES)} finite numbers (0..100)"
     if any(b < a for a, b in zip(values, values[1:])):
         return "id_scores percentiles must not decrease"

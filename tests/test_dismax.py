@@ -459,3 +459,32 @@ def test_a_protocol_gives_head_settings_to_their_head_only(tmp_path):
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
     with pytest.raises(ValueError, match="not a valid setting for every head .*--dismax-fpr is DisMax's"):
         load_protocol(tmp_path / "wrong.json")
+
+
+@pytest.mark.parametrize("dismax_fpr, ood_val_datasets, expected", [
+    (True, ["sklearn-digits"], ["sklearn-digits"]),  # mosaic training with a real OOD validation set: no puzzles
+    (False, ["sklearn-digits"], ["jigsaw", "sklearn-digits"]),
+    (True, [], ["jigsaw"]),  # nothing else to choose on: the puzzles stay (and the run says what that risks)
+])
+def test_a_run_trained_on_mosaics_chooses_its_score_without_jigsaw_puzzles(dismax_fpr, ood_val_datasets, expected):
+    from timm_isomax.train import TrainConfig
+    from timm_isomax.train.final import FinalSets, jigsaw_left_out
+    from timm_isomax.data import dataset_for_model, load_sample
+
+    cfg = TrainConfig(model="resnet10t_dismax", head="dismax", dismax_fpr=dismax_fpr, in_chans=1, val_limit=20,
+                      ood_val_datasets=ood_val_datasets, ood_val_split="test", output="o", **DIGITS)
+    model = timm.create_model("resnet10t_dismax", num_classes=10, in_chans=1)
+    data_config = dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,), interpolation="bilinear", crop_pct=1.0)
+    val_images = dataset_for_model(model, load_sample("sklearn-digits", "test", 20), data_config=data_config)
+    sets = FinalSets(cfg, model, None, data_config, val_images, {}, None, torch.device("cpu")).ood_val()
+    assert list(sets) == expected and jigsaw_left_out(cfg) == (expected == ["sklearn-digits"])
+    assert all(len(dataset) == 20 for dataset in sets.values())
+
+
+def test_the_choice_records_why_a_set_was_left_out():
+    from timm_isomax.selection import choose_score
+
+    id_scores, ood = {"msp": torch.tensor([2.0, 3.0])}, {"near": {"msp": torch.tensor([0.0, 2.5])}}
+    assert choose_score(id_scores, ood).criterion.endswith("validation sets")
+    noted = choose_score(id_scores, ood, note="jigsaw puzzles left out: why")
+    assert noted.criterion.endswith("validation sets (jigsaw puzzles left out: why)") and noted.sets == ["near"]

@@ -8,6 +8,10 @@ The OOD validation sets are never among the test sets. They are:
 * where a protocol has one, a held-out part of a real OOD set (e.g. the validation part of the clean
   TinyImageNet-32 near set, ``benchmarks/views/``), disjoint from its test part.
 
+A run trained on mosaics (DisMax's FPR) leaves the puzzles out when it has a real OOD validation set: it detects
+any composite image, so the puzzles would choose the score that best detects mosaics
+(:func:`timm_isomax.train.final.jigsaw_left_out`).
+
 :func:`choose_score` takes the candidate with the highest mean AUROC over the OOD validation sets (ID positive);
 ties go to the earlier candidate, so a head's own paper score wins a tie.
 
@@ -17,7 +21,7 @@ Example:
     >>> selection.chosen, selection.aurocs["knn50"]["mean"]
 """
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -90,9 +94,11 @@ class Selection:
         return asdict(self)
 
 
-def choose_score(id_scores: Mapping[str, torch.Tensor], ood_scores: Mapping[str, Mapping[str, torch.Tensor]]) -> Selection:
+def choose_score(id_scores: Mapping[str, torch.Tensor], ood_scores: Mapping[str, Mapping[str, torch.Tensor]],
+                 note: Optional[str] = None) -> Selection:
     """The candidate (a key of ``id_scores``, in order of preference) with the highest mean AUROC of the ID validation
-    scores against each OOD validation set's (``ood_scores[set][score]``)."""
+    scores against each OOD validation set's (``ood_scores[set][score]``); ``note`` (e.g. why a set was left out)
+    joins the recorded criterion."""
     if not id_scores or not ood_scores:
         raise ValueError("choosing a score needs candidate scores and at least one OOD validation set.")
     aurocs = {}
@@ -100,4 +106,5 @@ def choose_score(id_scores: Mapping[str, torch.Tensor], ood_scores: Mapping[str,
         per_set = {set_name: auroc(id_values, scores[name]) for set_name, scores in ood_scores.items()}
         aurocs[name] = dict(per_set, mean=sum(per_set.values()) / len(per_set))
     chosen = max(aurocs, key=lambda name: aurocs[name]["mean"])  # max keeps the first of equal means
-    return Selection(chosen, aurocs, list(ood_scores))
+    criterion = Selection.criterion + (f" ({note})" if note else "")
+    return Selection(chosen, aurocs, list(ood_scores), criterion)

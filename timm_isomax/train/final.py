@@ -27,7 +27,7 @@ from ..data import dataset_name
 from .config import TrainConfig
 from .features import FeatureCache, frozen_parts
 
-__all__ = ["FinalSets", "final_evaluation", "TestTimeAugmented"]
+__all__ = ["FinalSets", "final_evaluation", "TestTimeAugmented", "jigsaw_left_out", "JIGSAW_LEFT_OUT"]
 
 # Images per forward pass of the final evaluation (inference only: larger than a training batch).
 _EVAL_BATCH = 256
@@ -55,14 +55,28 @@ class FinalSets:
         return dataset_for_model(self.model, rows, data_config=self.data_config, **columns)
 
     def ood_val(self) -> Dict[str, torch.utils.data.Dataset]:
-        sets = {JIGSAW_SET: JigsawImages(self.val_images, seed=self.cfg.seed)}
-        sets.update({dataset_name(s): self._load(s, self.cfg.ood_val_split) for s in self.cfg.ood_val_datasets})
-        return sets
+        real = {dataset_name(s): self._load(s, self.cfg.ood_val_split) for s in self.cfg.ood_val_datasets}
+        if jigsaw_left_out(self.cfg):
+            return real
+        return {JIGSAW_SET: JigsawImages(self.val_images, seed=self.cfg.seed), **real}
 
     def train(self) -> torch.utils.data.Dataset:
         # the training rows with the evaluation transform: what the bank's neighbours look like at inference
         columns = dict(image_column=self.splits.image_column, label_column=self.splits.label_column)
         return dataset_for_model(self.model, self.splits.train, data_config=self.data_config, **columns)
+
+
+# Why a run leaves the jigsaw puzzles out of its score choice (the selection's criterion says so).
+JIGSAW_LEFT_OUT = ("jigsaw puzzles left out: the run trains on FPR's mosaics of four images, which they resemble, so "
+                   "every score detects them (DisMax's MSP at validation AUROC 0.98 on cifar10_finetune_resnet20) "
+                   "and they would choose the score that best detects mosaics")
+
+
+def jigsaw_left_out(cfg: TrainConfig) -> bool:
+    """Whether the score choice leaves the jigsaw puzzles out: for a run trained with DisMax's FPR (mosaics of
+    four images) when a real OOD validation set is there to choose on. Without one the puzzles are all there is,
+    and the run says what that risks."""
+    return bool(cfg.dismax_fpr and cfg.ood_val_datasets)
 
 
 def _feature_parts(model: nn.Module, frozen: bool, classifier: nn.Module) -> Tuple[Optional[Callable], nn.Module, bool]:
@@ -141,7 +155,12 @@ def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, out
         print(f"score {name} left out: {reason}")
     val_scores = scorer.scores(names, val.features, val.logits)
     ood_val = {name: run(dataset, f"ood-val {name}") for name, dataset in sets.ood_val().items()}
-    selection = choose_score(val_scores, {name: scorer.scores(names, o.features, o.logits) for name, o in ood_val.items()})
+    if cfg.dismax_fpr and not jigsaw_left_out(cfg):
+        print("note: the run trains on FPR's mosaics, and jigsaw puzzles (which resemble them) are its only OOD "
+              "validation set: the chosen score may be the one that best detects mosaics; pass --ood-val-dataset "
+              "with held-out real OOD images to choose on those instead.")
+    selection = choose_score(val_scores, {name: scorer.scores(names, o.features, o.logits) for name, o in ood_val.items()},
+                             note=JIGSAW_LEFT_OUT if jigsaw_left_out(cfg) else None)
     chosen = cfg.score or selection.chosen
     if chosen not in val_scores:
         val_scores[chosen] = scorer.score(chosen, val.features, val.logits)

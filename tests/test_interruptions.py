@@ -167,3 +167,25 @@ def test_sigint_then_sigterm_save_mid_epoch_and_the_resumed_run_ends_the_same(un
     assert expected_resume in text
     expected, got = weights(expected_output), weights(output)
     assert all(torch.equal(expected[k], got[k]) for k in expected), "weights differ after SIGINT, SIGTERM + resume"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_its_last_epoch_resumes_into_the_same_final_evaluation(uninterrupted, shared_data, tmp_path):
+    # a stop between the last checkpoint and the saved model (e.g. during the final evaluation): the resumed run
+    # only evaluates, on a model rebuilt in training mode, and must score it as the uninterrupted run did
+    # (BatchNorm on its running statistics: scored in training mode it read 82% instead of 86% on ResNet-20)
+    import shutil
+
+    expected_output, _ = uninterrupted
+    output = tmp_path / "stopped_after_training"
+    shutil.copytree(expected_output, output)
+    for name in ("config.json", "model.safetensors", "feature_bank.safetensors", "training/evaluation.json"):
+        (output / name).unlink(missing_ok=True)
+    code, text = Run(finetune_args(shared_data, output, extra=["--resume"])).finish()
+    assert code == 0, text[-3000:]
+    assert f"after epoch {EPOCHS}" in text
+    expected, got = weights(expected_output), weights(output)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "the evaluation changed the weights or BN statistics"
+    before, after = (json.loads((folder / "training" / "evaluation.json").read_text()) for folder in (expected_output, output))
+    assert after["accuracy"] == before["accuracy"] and after["val_accuracy"] == before["val_accuracy"]
+    assert after["metrics"] == before["metrics"] and after["score"] == before["score"]

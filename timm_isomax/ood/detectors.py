@@ -16,8 +16,9 @@ Three families, one convention (higher = more in-distribution, float64):
     scorer = Scorer(head, bank)
     scores = scorer.score("knn50", outputs.features, outputs.logits)
 """
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ from ..layers.score_names import (FEATURE_SCORES, KNN_KS, LINEAR_ONLY_SCORES, LO
 from ..layers.scores import SCORES, get_score
 
 __all__ = ["LOGIT_SCORES", "FEATURE_SCORES", "KNN_KS", "POSTHOC_SCORES", "LINEAR_ONLY_SCORES", "Outputs",
-           "model_parts", "model_outputs", "candidate_scores", "is_score_name", "needs_features", "score_problem",
+           "PreLogits", "model_parts", "model_outputs", "candidate_scores", "is_score_name", "needs_features", "score_problem",
            "Scorer"]
 
 @dataclass
@@ -45,13 +46,23 @@ class Outputs:
     labels: torch.Tensor
 
 
-def model_parts(model: nn.Module) -> Tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+class PreLogits(nn.Module):
+    """``model``'s pre-logit features, as a module: whoever runs it in eval mode runs ``model``'s BatchNorm and
+    dropout in eval mode too (a bare function of the model would leave them as they were)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+
+def model_parts(model: nn.Module) -> Tuple[PreLogits, nn.Module]:
     """``(features_of, head)`` of ``model``, with ``model(x) == head(features_of(x))``: the pre-logits and the IsoMax
     head, or the pre-logits and a linear classifier (checked to be the whole head on the loaded weights). Else a
     one-line ``ValueError`` saying why (e.g. a head that does more than one linear layer)."""
-    def features_of(images: torch.Tensor) -> torch.Tensor:
-        return model.forward_head(model.forward_features(images), pre_logits=True)
-
+    features_of = PreLogits(model)
     if isinstance(model, IsoMaxClassifier):
         return features_of, model.head
     classifier = model.get_classifier()
@@ -66,20 +77,34 @@ def model_outputs(features_of, head: nn.Module, loader: torch.utils.data.DataLoa
                   device: torch.device = torch.device("cpu"), amp: bool = False, progress: bool = False,
                   description: str = "outputs", keep_features: bool = True) -> Outputs:
     """Features and logits of every batch of ``loader``: ``features_of(images)`` (None: the inputs are features
-    already, e.g. a frozen backbone's cache), then ``head(features)``. Modules are put in eval mode.
+    already, e.g. a frozen backbone's cache), then ``head(features)``. Both run in eval mode (BatchNorm on its
+    running statistics, whatever mode the model was left in) and get their own modes back afterwards.
     ``keep_features=False``: only the logits (``head`` is then the whole model, ``features_of`` None)."""
-    head.eval()
-    all_features, all_logits, all_labels = [], [], []
-    for inputs, labels in tqdm(loader, desc=description, disable=not progress, unit="batch", leave=False):
-        inputs = inputs.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
-            features = inputs if features_of is None else features_of(inputs)
-            logits = head(features)
-        if keep_features:
-            all_features.append(features.float().cpu())
-        all_logits.append(logits.float().cpu())
-        all_labels.append(torch.as_tensor(labels))
+    with _eval_mode(*[part for part in (features_of, head) if isinstance(part, nn.Module)]):
+        all_features, all_logits, all_labels = [], [], []
+        for inputs, labels in tqdm(loader, desc=description, disable=not progress, unit="batch", leave=False):
+            inputs = inputs.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                features = inputs if features_of is None else features_of(inputs)
+                logits = head(features)
+            if keep_features:
+                all_features.append(features.float().cpu())
+            all_logits.append(logits.float().cpu())
+            all_labels.append(torch.as_tensor(labels))
     return Outputs(torch.cat(all_features) if keep_features else None, torch.cat(all_logits), torch.cat(all_labels))
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    # every submodule's own training flag is put back: a model in training keeps training where it was
+    modes = [(module, module.training) for part in modules for module in part.modules()]
+    try:
+        for part in modules:
+            part.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _posthoc_installed() -> bool:

@@ -38,6 +38,17 @@ def test_the_card_says_how_the_score_was_chosen_and_what_the_bank_holds(folder_w
     assert "Feature bank" not in render_model_card(measured_hub_config(folder, tmp_path))  # no folder, no claim
 
 
+def test_a_card_whose_score_is_a_posthoc_detector_names_the_extra_it_needs(folder_with_bank, tmp_path):
+    import dataclasses
+
+    config = measured_hub_config(folder_with_bank[0], tmp_path)
+    extra = "install it with `pip install 'timm-isomax[posthoc]'`"
+    assert extra not in render_model_card(config)
+    card = render_model_card(dataclasses.replace(config, metrics=dict(config.metrics, score="mahalanobis")))
+    assert "Its OOD score, `mahalanobis`, is pytorch-ood's detector fitted on the feature bank" in card and extra in card
+    assert card.index(extra) < card.index("```python")  # said before the snippet that would raise without it
+
+
 def test_the_bank_goes_to_the_hub_with_the_weights_and_loads_back(folder_with_bank, tmp_path):
     folder, features = folder_with_bank
     out = tmp_path / "repo"

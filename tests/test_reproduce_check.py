@@ -186,6 +186,17 @@ def test_metric_differences_compares_every_recorded_number():
                        "ood.a.fpr_at_95_tpr": False, "threshold": False}  # a missing number is a difference
 
 
+def _tiny_config(shared_data, path: Path, model: Path, args, **changes) -> Path:
+    # the shipped MNIST config with a tiny recipe into ``model``, evaluated on 200 images per set, not yet measured
+    packaged = json.loads((ROOT / "hub_configs" / "resnet10t_isomaxplus.mnist.json").read_text())
+    packaged.update(dict(source_checkpoint=str(model), finetune_args=args, metrics=None, published=None, seeds=None,
+                         dataset=dict(packaged["dataset"], path=str(shared_data / "mnist")),
+                         ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
+                         evaluation=dict(limit=200, batch_size=100)), **changes)
+    path.write_text(json.dumps(packaged))
+    return path
+
+
 @pytest.mark.slow
 def test_check_retrains_the_recipe_into_its_own_folder_and_compares(shared_data, tmp_path, capsys):
     # a tiny recipe on real data, recorded by `reproduce`, then retrained from scratch by `--check`
@@ -194,13 +205,7 @@ def test_check_retrains_the_recipe_into_its_own_folder_and_compares(shared_data,
             "--img-size", "32", "--no-aug", "--epochs", "1", "--train-limit", "256", "--val-limit", "64",
             "--batch-size", "64", "--lr", "0.05", "--ood-dataset", str(shared_data / "notmnist"), "--workers", "0",
             "--no-progress", "--output", str(model)]
-    packaged = json.loads((ROOT / "hub_configs" / "resnet10t_isomaxplus.mnist.json").read_text())
-    packaged.update(source_checkpoint=str(model), finetune_args=args, metrics=None, published=None,
-                    dataset=dict(packaged["dataset"], path=str(shared_data / "mnist")),
-                    ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
-                    evaluation=dict(limit=200, batch_size=100))
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(packaged))
+    path = _tiny_config(shared_data, tmp_path / "tiny.json", model, args)
     assert reproduce.main([str(path)]) == 0
     capsys.readouterr()
     before = path.read_bytes()
@@ -211,3 +216,56 @@ def test_check_retrains_the_recipe_into_its_own_folder_and_compares(shared_data,
     # the same recipe on the same machine: the same weights bit for bit, so the tight tolerance applies
     assert "the recorded ones, bit for bit" in out, out
     assert code == 0, out
+
+
+@pytest.mark.slow
+def test_a_config_with_seeds_publishes_the_seed_chosen_on_validation_and_states_the_mean(shared_data, tmp_path, capsys):
+    from timm_isomax.hub import weights_sha256
+
+    model = tmp_path / "model"
+    args = ["--model", "resnet10t_isomaxplus", "--from-scratch", "--dataset", str(shared_data / "mnist"),
+            "--img-size", "32", "--no-aug", "--epochs", "1", "--train-limit", "256", "--val-limit", "64",
+            "--batch-size", "64", "--lr", "0.05", "--workers", "0", "--no-progress", "--output", str(model)]
+    path = _tiny_config(shared_data, tmp_path / "seeds.json", model, args, seeds=[0, 1])
+    assert reproduce.main([str(path)]) == 0
+    capsys.readouterr()
+    config = load_hub_config(path)
+    choice = config.metrics["seed_choice"]
+    # the choice reads only each run's validation record: the seed with the best validation AUROC of its own score
+    validation = {}
+    for seed in (0, 1):
+        evaluation = json.loads((tmp_path / f"model.seed{seed}" / "training" / "evaluation.json").read_text())
+        validation[str(seed)] = evaluation["selection"]["aurocs"][evaluation["score"]]["mean"]
+    assert choice["validation_auroc"] == validation
+    assert choice["seed"] == max((0, 1), key=lambda seed: validation[str(seed)])
+    seed = choice["seed"]
+    # what is published is that seed's run, and its recipe says so
+    assert weights_sha256(model / "model.safetensors") == weights_sha256(tmp_path / f"model.seed{seed}" / "model.safetensors")
+    assert config.finetune_args[config.finetune_args.index("--seed") + 1] == str(seed)
+    assert config.metrics["accuracy"] == choice["runs"][str(seed)]["accuracy"]
+    runs = choice["runs"].values()
+    assert choice["mean"]["accuracy"]["mean"] == pytest.approx(sum(r["accuracy"] for r in runs) / 2)
+    assert choice["mean"]["ood"]["notmnist"]["auroc"]["mean"] == pytest.approx(sum(r["ood"]["notmnist"]["auroc"] for r in runs) / 2)
+    card = (model / "README.md").read_text()
+    assert f"Seed {seed} of 2 (0, 1), chosen by the highest validation AUROC" in card and "| mean ± std |" in card
+    assert f"--seed {seed}" in card
+    # a second reproduce keeps the finished seeds (nothing retrained) and records the same choice
+    stamps = [(tmp_path / f"model.seed{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)]
+    assert reproduce.main([str(path), "--evaluate-only"]) == 0
+    assert [(tmp_path / f"model.seed{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)] == stamps
+    assert load_hub_config(path).metrics == config.metrics
+    # --check retrains the published seed's recipe: the same weights bit for bit
+    code = reproduce.main([str(path), "--check", "--check-dir", str(tmp_path / "again")])
+    out = capsys.readouterr().out
+    assert "the recorded ones, bit for bit" in out and code == 0, out
+
+
+def test_seeds_and_the_published_seed_are_checked(measured):
+    data = measured.to_json()
+    for seeds in ([], [0, 0], ["1"], [True]):
+        with pytest.raises(ValueError, match="seeds must be null or a non-empty list of distinct integers"):
+            write_hub_config(dataclasses.replace(measured, seeds=seeds))
+    choice = dict(seed=1, criterion="c", validation_auroc={}, runs={}, mean={})
+    mismatch = dataclasses.replace(measured, seeds=[0, 1], metrics=dict(data["metrics"], seed_choice=choice))
+    with pytest.raises(ValueError, match="finetune_args train --seed None but metrics.seed_choice published seed 1"):
+        write_hub_config(mismatch)

@@ -11,6 +11,10 @@
 
 --evaluate-only skips step 1 (the folder must hold the trained model, made with exactly this recipe: its
 training/config.json is compared with finetune_args); --resume continues an interrupted training run.
+
+A config with "seeds" trains the recipe once per seed (into SOURCE_CHECKPOINT.seed<k>; finished seeds are kept),
+publishes the seed whose run has the highest validation AUROC of its chosen score (copied to SOURCE_CHECKPOINT,
+its --seed written into finetune_args) and records every seed's test numbers and their mean for the card.
 Run it from the repository root: the recorded dataset paths are relative to it (../shared/data/NAME); elsewhere,
 --data-root DIR reads them from DIR/NAME instead (the recorded paths stay as they are).
 
@@ -36,8 +40,9 @@ import datasets
 from timm_isomax.cli._errors import exit_code
 from timm_isomax.hub import HubConfig, write_hub_config, write_model_card
 from timm_isomax.hub.config import RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE
-from timm_isomax.train.reproduce import (RECORDED_DATA_ROOT, check_data, check_recipe, compare, measure, recipe_command,
-                                         resolve_hub_config, retrain, with_data_root)
+from timm_isomax.train.reproduce import (RECORDED_DATA_ROOT, check_data, check_recipe, compare, measure, publish_seed_choice,
+                                         recipe_command, resolve_hub_config, retrain, seed_folder, with_data_root,
+                                         with_seed)
 
 __all__ = ["main", "check", "with_data_root"]
 
@@ -113,13 +118,22 @@ def run(args: argparse.Namespace) -> Optional[int]:
     check_data(run_config)
     if args.check:
         return check(run_config, args.evaluate_only, args.check_dir, args.tolerance, resume=args.resume)
-    if not args.evaluate_only:
+    choice = None
+    if config.seeds:
+        print(f"seeds {config.seeds}: one run each (folders {seed_folder(config, config.seeds[0])} ...), the published "
+              f"one chosen on validation")
+        run_config, choice = publish_seed_choice(run_config, train_missing=not args.evaluate_only, resume=args.resume)
+        config = with_seed(config, choice["seed"])
+        print(f"seed {choice['seed']} chosen: validation AUROC " + ", ".join(
+            f"seed {seed} {value:.4f}" for seed, value in choice["validation_auroc"].items()))
+    elif not args.evaluate_only:
         _retrain(run_config, resume=args.resume)
     elif not (Path(config.source_checkpoint) / "config.json").is_file():
         raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
     check_recipe(run_config, config.source_checkpoint)
     measured = measure(run_config)
-    config = dataclasses.replace(config, metrics=measured.metrics, label_names=measured.label_names,
+    metrics = dict(measured.metrics, **({"seed_choice": choice} if choice else {}))
+    config = dataclasses.replace(config, metrics=metrics, label_names=measured.label_names,
                                  data_config=measured.data_config)
     write_hub_config(config)
     card = write_model_card(config, config.source_checkpoint)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, List, Optional, Union
 from .._io import atomic_write
 from ..models.classifier import HEAD_TITLES
 from ..ood.feature_scores import FEATURE_BANK_NAME, FeatureBank
+from ..layers.score_names import POSTHOC_SCORES
 from ..ood.metrics import METRIC_NAMES, METRIC_TITLES, percent
 from .folder import CARD_NAME, IMPORT_HINT
 
@@ -121,6 +122,14 @@ def _card_front_matter(config: "HubConfig") -> str:
     return data.to_yaml()
 
 
+def _extra_lines(score: Optional[str]) -> List[str]:
+    # a post-hoc detector's score needs pytorch-ood, an extra: said before the snippet, not as its ImportError
+    if score not in POSTHOC_SCORES:
+        return []
+    return [f"Its OOD score, `{score}`, is pytorch-ood's detector fitted on the feature bank that comes with the "
+            "weights: install it with `pip install 'timm-isomax[posthoc]'`.", ""]
+
+
 def _snippet_prediction(has_threshold: bool) -> List[str]:
     # is_ood needs the deployment threshold in config.json; a card of weights without one must not print a
     # snippet that raises "no OOD threshold" for everyone who copies it
@@ -149,6 +158,7 @@ def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Pat
              "forward pass gives the class and an out-of-distribution (OOD) score, with no extra training or "
              "post-processing.", "",
              "## Usage", "", f"{IMPORT_HINT}; without it timm raises `Unknown model ({config.architecture})`.", "",
+             *_extra_lines(metrics.get("score")),
              "```python", "import timm", "", "import timm_isomax  # registers the IsoMax architectures with timm (the wheel also does on `import timm`)", "",
              f'model = timm.create_model("hf-hub:{config.repo_id}", pretrained=True).eval()',
              f'# or, where the installed timm-isomax ships its hub config: timm.create_model("{config.name}", pretrained=True)',
@@ -169,6 +179,7 @@ def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Pat
         if metrics.get("threshold") is not None:
             lines += [f"Deployment threshold (config.json `isomax.threshold`): {metrics['threshold']:.6g}, accepting "
                       f"{_shown(metrics.get('threshold_tpr'))}% of {metrics.get('threshold_fitted_on')}.", ""]
+        lines += _seed_choice_lines(metrics.get("seed_choice"))
         lines += _score_and_bank_lines(model_folder)
         if metrics.get("temperature") not in (None, 1.0):
             lines += [f"Calibration temperature: {metrics['temperature']:.4g}.", ""]
@@ -180,6 +191,30 @@ def render_model_card(config: "HubConfig", model_folder: Optional[Union[str, Pat
                  f"the test data: the test-split numbers above are not held out.", ""] if validation else []),
               "## Citation", "", _CITATIONS, *([_DISMAX_CITATION] if config.head_type == "dismax" else []), ""]
     return "\n".join(lines)
+
+
+def _seed_choice_lines(choice: Optional[dict]) -> List[str]:
+    # which of the recipe's seeds these weights are, how that seed was chosen, and what the other seeds measure
+    if not choice:
+        return []
+    runs = choice["runs"]
+    sets = list(choice["mean"]["ood"])
+    lines = [f"Seed {choice['seed']} of {len(runs)} ({', '.join(runs)}), chosen by {choice['criterion']}. Every seed, "
+             "each with its own validation-chosen score (AUROC per OOD set, %):", "",
+             "| seed | score | validation AUROC | accuracy | " + " | ".join(sets) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(sets)]
+    for seed, run in runs.items():
+        marker = " (published)" if seed == str(choice["seed"]) else ""
+        lines.append(f"| {seed}{marker} | `{run['score']}` | {_shown(choice['validation_auroc'][seed])} | "
+                     f"{_shown(run['accuracy'])} | " + " | ".join(_shown(run["ood"][name]["auroc"]) for name in sets) + " |")
+    mean = choice["mean"]
+
+    def pm(values: dict) -> str:
+        return f"{_shown(values['mean'])} ± {_shown(values['std'])}"
+
+    lines += [f"| mean ± std | | | {pm(mean['accuracy'])} | " + " | ".join(pm(mean["ood"][name]["auroc"]) for name in sets)
+              + " |", ""]
+    return lines
 
 
 def _validation_is_test(config: "HubConfig") -> Optional[str]:

@@ -42,7 +42,9 @@ class HubConfig:
     the card's metadata names); ``ood_datasets``: ``[{"name", "path", "split"}, ...]`` (+ optional ``"hub_id"``); ``finetune_args``: the ``timm-isomax finetune``
     arguments, ``--output`` being ``source_checkpoint``; ``evaluation``: ``{"limit", "batch_size"}``;
     ``published``: ``{"revision", "weights_sha256"}``, written by ``timm-isomax push`` once the weights are on
-    the Hub. Only a published config registers its tag with timm's pretrained weights (pinned to that
+    the Hub. ``seeds``: train the recipe once per seed and publish the one chosen on validation
+    (:func:`timm_isomax.train.reproduce.publish_seed_choice`; ``metrics["seed_choice"]`` records the choice and
+    the seed mean, and ``finetune_args`` the chosen ``--seed``). Only a published config registers its tag with timm's pretrained weights (pinned to that
     revision); until then ``timm.create_model(name, pretrained=True)`` says the weights are not published.
     """
 
@@ -60,6 +62,7 @@ class HubConfig:
     metrics: Optional[Dict[str, Any]] = None
     published: Optional[Dict[str, Any]] = None
     description: str = ""
+    seeds: Optional[List[int]] = None
     path: Optional[Path] = field(default=None, compare=False, repr=False)
 
     @property
@@ -129,6 +132,15 @@ def _validate(data: Any, where: str) -> HubConfig:
     _require(published is None or (isinstance(published, dict) and isinstance(published.get("weights_sha256"), str)
                                    and isinstance(published.get("revision"), (str, type(None)))), where,
              "published must be null or {\"revision\": COMMIT, \"weights_sha256\": HASH} (timm-isomax push writes it)")
+    seeds = data.get("seeds")
+    _require(seeds is None or (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
+                               and all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)),
+             where, "seeds must be null or a non-empty list of distinct integers (the recipe's --seed values)")
+    choice = (data.get("metrics") or {}).get("seed_choice")
+    if choice is not None:
+        recipe_seed = _flag_value(args, "--seed")
+        _require(recipe_seed == str(choice.get("seed")), where, f"finetune_args train --seed {recipe_seed} but "
+                 f"metrics.seed_choice published seed {choice.get('seed')}; run `timm-isomax reproduce` again")
     for key in ("data_config", "metrics", "evaluation"):
         _require(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object or null")
     return HubConfig(**{**data, "evaluation": data.get("evaluation") or {}})

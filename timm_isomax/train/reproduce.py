@@ -6,11 +6,18 @@ the numbers with the recorded ones. ``timm-isomax reproduce`` is the command ove
     >>> check_recipe(config, "outputs/again")
     >>> measured = measure(config, "outputs/again")
     >>> metric_differences(config.metrics, measured.metrics, RETRAINED_TOLERANCE)
+
+A config with ``seeds`` trains its recipe once per seed; the published seed is the one whose run has the highest
+validation AUROC of its chosen score (never a test number), and the card states the mean over all of them:
+
+    >>> config, choice = publish_seed_choice(config)   # trains the missing seeds, chooses, fills source_checkpoint
 """
 import dataclasses
 import json
+import shutil
+import statistics
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..hub import WEIGHTS_NAME, HubConfig, load_hub_config, packaged_hub_configs, read_config, recorded_provenance, weights_sha256
 from ..hub.config import RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, metric_differences
@@ -21,7 +28,10 @@ from .state import SETTINGS_NAME, TRAINING_DIR, describe_changes
 from .trainer import train
 
 __all__ = ["retrain", "recipe_command", "with_data_root", "resolve_hub_config", "check_data", "check_recipe", "measure",
-           "compare", "RECORDED_DATA_ROOT"]
+           "compare", "seed_folder", "with_seed", "publish_seed_choice", "SEED_CRITERION", "RECORDED_DATA_ROOT"]
+
+SEED_CRITERION = ("the highest validation AUROC of each run's chosen OOD score (its mean over the run's OOD "
+                  "validation sets, training/evaluation.json); the test sets only give the numbers")
 
 
 def recipe_command(config: HubConfig, resume: bool = False, output: Optional[str] = None) -> List[str]:
@@ -38,6 +48,75 @@ def retrain(config: HubConfig, resume: bool = False, output: Optional[str] = Non
     """Train the config's recipe (parsed exactly as ``timm-isomax finetune`` parses it) into its
     ``source_checkpoint`` folder, or ``output``; ``resume`` continues an interrupted run there."""
     train(settings_from_args(recipe_command(config, resume, output)))
+
+
+def with_seed(config: HubConfig, seed: int) -> HubConfig:
+    """A copy of ``config`` whose recipe trains with ``--seed seed`` (set, or added)."""
+    args = list(config.finetune_args)
+    if "--seed" in args[:-1]:
+        args[args.index("--seed") + 1] = str(seed)
+    else:
+        args[args.index("--output"):args.index("--output")] = ["--seed", str(seed)]
+    return dataclasses.replace(config, finetune_args=args)
+
+
+def seed_folder(config: HubConfig, seed: int) -> Path:
+    """Where the run of one of the config's ``seeds`` trains: ``<source_checkpoint>.seed<k>``."""
+    return Path(f"{config.source_checkpoint}.seed{seed}")
+
+
+def _validation_auroc(folder: Path) -> Tuple[str, float]:
+    # the run's chosen score and its validation AUROC, as its final evaluation recorded them
+    path = folder / TRAINING_DIR / "evaluation.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} holds no final evaluation ({path}), so its seed cannot be compared on validation; "
+                         f"retrain it: delete the folder and run `timm-isomax reproduce` again.")
+    evaluation = json.loads(path.read_text())
+    return evaluation["score"], evaluation["selection"]["aurocs"][evaluation["score"]]["mean"]
+
+
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: bool = False) -> Tuple[HubConfig, Dict[str, Any]]:
+    """For a config with ``seeds``: train each seed's run into :func:`seed_folder` (unless it finished there;
+    ``train_missing=False`` requires them all), choose the seed by :data:`SEED_CRITERION`, copy its folder to
+    ``source_checkpoint`` and measure every seed on the test sets. Returns the config with the chosen seed in
+    its ``finetune_args`` (what ``--check`` retrains and the card prints) and the ``seed_choice`` record:
+    ``{"seed", "criterion", "validation_auroc": {seed: value}, "scores": {seed: score}, "runs": {seed: {"accuracy",
+    "ood"}}, "mean": {"accuracy": {"mean", "std"}, "ood": {set: {metric: {"mean", "std"}}}}}``."""
+    seeds = list(config.seeds or ())
+    if not seeds:
+        raise ValueError(f"{config.path} lists no seeds to choose from; add \"seeds\": [0, 1, 2] or reproduce it as it is.")
+    for seed in seeds:
+        folder = seed_folder(config, seed)
+        seeded = with_seed(config, seed)
+        if (folder / "config.json").is_file():
+            check_recipe(seeded, folder)
+        elif train_missing:
+            retrain(seeded, resume=resume, output=str(folder))
+        else:
+            raise ValueError(f"{folder} holds no trained model for seed {seed}; run `timm-isomax reproduce "
+                             f"{config.path}` without --evaluate-only to train it.")
+    validation = {seed: _validation_auroc(seed_folder(config, seed)) for seed in seeds}
+    chosen = max(seeds, key=lambda seed: validation[seed][1])  # max keeps the first listed of equal values
+    target = Path(config.source_checkpoint)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(seed_folder(config, chosen), target)
+    runs = {}
+    for seed in seeds:
+        measured = measure(with_seed(config, seed), str(seed_folder(config, seed))).metrics
+        runs[seed] = dict(accuracy=measured["accuracy"], score=measured["score"],
+                          ood={name: {k: row[k] for k in ("auroc", "fpr_at_95_tpr")} for name, row in measured["ood"].items()})
+    mean = dict(accuracy=_mean_std([run["accuracy"] for run in runs.values()]),
+                ood={name: {metric: _mean_std([run["ood"][name][metric] for run in runs.values()])
+                            for metric in runs[chosen]["ood"][name]} for name in runs[chosen]["ood"]})
+    choice = dict(seed=chosen, criterion=SEED_CRITERION,
+                  validation_auroc={str(seed): validation[seed][1] for seed in seeds},
+                  runs={str(seed): runs[seed] for seed in seeds}, mean=mean)
+    return with_seed(config, chosen), choice
 
 
 def _is_local_path(source: str) -> bool:

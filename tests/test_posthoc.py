@@ -199,3 +199,29 @@ def test_without_pytorch_ood_the_error_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'timm-isomax\[posthoc\]'$") as error:
         fit_posthoc("mahalanobis", features, labels)
     assert "\n" not in str(error.value)
+
+
+def test_a_deployed_detector_is_fitted_once_and_again_when_the_head_changes(real, shared_data):
+    # timm_isomax.ood_scores / predict on a model whose score is a post-hoc detector: fitted on the model's bank at
+    # the first call and kept (a refit per call made one image 20x slower than a logit score), refitted once
+    # the classifier it reads has changed (training it further), so a kept fit is never stale
+    from timm_isomax import ood_scores
+    from timm_isomax.data import dataset_for_model, load_sample
+    from timm_isomax.detectors import Scorer, model_parts
+    from timm_isomax.feature_scores import FeatureBank
+
+    model = load_softmax_model("cifar_resnet20", str(shared_data / AKAMASTER_RESNET20), "akamaster-cifar-resnet").eval()
+    model.feature_bank = FeatureBank.build(real["fit"], real["labels"], source="cifar10:train")
+    test = dataset_for_model(model, load_sample(str(shared_data / "cifar10"), "test", 20))
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    first = ood_scores(model, images, score="vim")
+    kept = model.__dict__["_ood_scorer"][1]
+    assert torch.equal(ood_scores(model, images, score="vim"), first) and model.__dict__["_ood_scorer"][1] is kept
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1.5)
+    again = ood_scores(model, images, score="vim")
+    assert model.__dict__["_ood_scorer"][1] is not kept and not torch.allclose(again, first)
+    features_of, head = model_parts(model)
+    with torch.no_grad():
+        features = features_of(images)
+    assert torch.allclose(again, Scorer(head, model.feature_bank).score("vim", features, head(features)))

@@ -80,7 +80,19 @@ def _model_scores(model: nn.Module, batches, name: str, device: torch.device) ->
     with torch.no_grad():
         features = torch.cat([features_of(images.to(device)).float().cpu() for images in batches])
         logits = head(features.to(device)).float().cpu()
-    return Scorer(head, bank).score(name, features, logits), logits
+    return _scorer(model, head, bank).score(name, features, logits), logits
+
+
+def _scorer(model: nn.Module, head: nn.Module, bank) -> Scorer:
+    # kept on the model: a post-hoc detector is fitted on the bank once (Mahalanobis on a 4,500-row bank: 0.13 s per
+    # one-image call when refitted, 0.006 s for a logit score), and fitted again only when the head's weights
+    # (which ViM, ReAct and ASH read) or the bank change
+    key = (id(head), id(bank), tuple(parameter._version for parameter in head.parameters()))
+    cached = model.__dict__.get("_ood_scorer")
+    if cached is None or cached[0] != key:
+        cached = (key, Scorer(head, bank))
+        model.__dict__["_ood_scorer"] = cached
+    return cached[1]
 
 
 def fit_ood_threshold(model: nn.Module, loader: torch.utils.data.DataLoader, tpr: float = TPR_LEVEL,

@@ -53,7 +53,8 @@ def test_reproduce_trains_with_the_recorded_recipe_and_records_the_numbers(tmp_p
                         ("--output", str(tmp_path / "model"))):
         args[args.index(flag) + 1] = value
     args.append("--amp")  # the recipe runs with bf16 autocast on the CPU: that path, end to end
-    config.update(source_checkpoint=str(tmp_path / "model"), finetune_args=args, metrics=None,
+    # one seed: the seed choice has its own test (tests/test_reproduce_check.py)
+    config.update(source_checkpoint=str(tmp_path / "model"), finetune_args=args, metrics=None, seeds=None,
                   evaluation=dict(limit=200, batch_size=128))
     path = tmp_path / "resnet10t_isomaxplus.mnist.json"
     path.write_text(json.dumps(config))

@@ -132,17 +132,20 @@ def _validate(data: Any, where: str) -> HubConfig:
     _require(published is None or (isinstance(published, dict) and isinstance(published.get("weights_sha256"), str)
                                    and isinstance(published.get("revision"), (str, type(None)))), where,
              "published must be null or {\"revision\": COMMIT, \"weights_sha256\": HASH} (timm-isomax push writes it)")
+    for key in ("data_config", "metrics", "evaluation"):
+        _require(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object or null")
     seeds = data.get("seeds")
-    _require(seeds is None or (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
-                               and all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)),
+    _require(seeds is None or (isinstance(seeds, list) and seeds
+                               and all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
+                               and len(set(seeds)) == len(seeds)),
              where, "seeds must be null or a non-empty list of distinct integers (the recipe's --seed values)")
     choice = (data.get("metrics") or {}).get("seed_choice")
+    _require(choice is None or isinstance(choice, dict), where, "metrics.seed_choice must be an object (timm-isomax "
+             "reproduce writes it)")
     if choice is not None:
         recipe_seed = _flag_value(args, "--seed")
         _require(recipe_seed == str(choice.get("seed")), where, f"finetune_args train --seed {recipe_seed} but "
                  f"metrics.seed_choice published seed {choice.get('seed')}; run `timm-isomax reproduce` again")
-    for key in ("data_config", "metrics", "evaluation"):
-        _require(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object or null")
     return HubConfig(**{**data, "evaluation": data.get("evaluation") or {}})
 
 

@@ -14,10 +14,11 @@ validation AUROC of its chosen score (never a test number), and the card states 
 """
 import dataclasses
 import json
+import shlex
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..hub import WEIGHTS_NAME, HubConfig, load_hub_config, packaged_hub_configs, read_config, recorded_provenance, weights_sha256
 from ..hub.config import RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, metric_differences
@@ -79,7 +80,8 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
     return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: bool = False) -> Tuple[HubConfig, Dict[str, Any]]:
+def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: bool = False,
+                        log: Callable[[str], None] = print) -> Tuple[HubConfig, Dict[str, Any]]:
     """For a config with ``seeds``: train each seed's run into :func:`seed_folder` (unless it finished there;
     ``train_missing=False`` requires them all), choose the seed by :data:`SEED_CRITERION`, copy its folder to
     ``source_checkpoint`` and measure every seed on the test sets. Returns the config with the chosen seed in
@@ -95,6 +97,7 @@ def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: b
         if (folder / "config.json").is_file():
             check_recipe(seeded, folder)
         elif train_missing:
+            log("timm-isomax finetune " + shlex.join(recipe_command(seeded, resume, str(folder))))
             retrain(seeded, resume=resume, output=str(folder))
         else:
             raise ValueError(f"{folder} holds no trained model for seed {seed}; run `timm-isomax reproduce "

@@ -254,6 +254,13 @@ def test_a_config_with_seeds_publishes_the_seed_chosen_on_validation_and_states_
     assert reproduce.main([str(path), "--evaluate-only"]) == 0
     assert [(tmp_path / f"model.seed{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)] == stamps
     assert load_hub_config(path).metrics == config.metrics
+    # a kept seed folder that another recipe trained is refused, saying which folder to delete
+    changed = json.loads(path.read_text())
+    changed["finetune_args"][changed["finetune_args"].index("--lr") + 1] = "0.04"
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    assert reproduce.main([str(tmp_path / "changed.json"), "--evaluate-only"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0's folder holds another recipe's run" in err and f"delete {tmp_path / 'model.seed0'}" in err, err
     # --check retrains the published seed's recipe: the same weights bit for bit
     code = reproduce.main([str(path), "--check", "--check-dir", str(tmp_path / "again")])
     out = capsys.readouterr().out

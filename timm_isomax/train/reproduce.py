@@ -95,7 +95,11 @@ def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: b
         folder = seed_folder(config, seed)
         seeded = with_seed(config, seed)
         if (folder / "config.json").is_file():
-            check_recipe(seeded, folder)
+            try:
+                check_recipe(seeded, folder)
+            except ValueError as error:  # a seed's folder from another recipe: kept runs are never mixed in
+                raise ValueError(f"seed {seed}'s folder holds another recipe's run ({error}); delete {folder} so that "
+                                 f"`timm-isomax reproduce {config.path}` trains it again.") from None
         elif train_missing:
             log("timm-isomax finetune " + shlex.join(recipe_command(seeded, resume, str(folder))))
             retrain(seeded, resume=resume, output=str(folder))

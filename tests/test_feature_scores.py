@@ -151,3 +151,21 @@ def test_a_view_can_cut_an_id_test_split_into_validation_and_test_halves_and_kee
         assert np.bincount(column_values(halves[part], "label")).tolist() == [500] * 10
     splits = load_labelled_splits("benchmarks/views/cifar10_test_halves.json", train_limit=10, val_limit=10)
     assert splits.val_split == "val" and splits.train_split == "train"
+
+
+def test_outputs_are_computed_in_eval_mode_and_a_training_model_keeps_training(shared_data):
+    # a model left in training mode (as timm builds it, or mid-training): features and logits are its eval-mode
+    # ones (BatchNorm on running statistics, which stay as they were), and it is still training afterwards
+    from timm_isomax.detectors import model_outputs, model_parts
+
+    model = load_softmax_model("cifar_resnet20", str(shared_data / AKAMASTER_RESNET20), "akamaster-cifar-resnet")
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(images)
+    model.train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.zeros(16)), batch_size=8)
+    outputs = model_outputs(*model_parts(model), loader)
+    torch.testing.assert_close(outputs.logits, expected)
+    assert all(module.training for module in model.modules())
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())

@@ -122,16 +122,18 @@ def run(args: argparse.Namespace) -> Optional[int]:
     if config.seeds:
         print(f"seeds {config.seeds}: one run each (folders {seed_folder(config, config.seeds[0])} ...), the published "
               f"one chosen on validation")
-        run_config, choice = publish_seed_choice(run_config, train_missing=not args.evaluate_only, resume=args.resume)
+        # each seed's folder is checked against the recipe and measured there; the published copy is not measured again
+        measured, choice = publish_seed_choice(run_config, train_missing=not args.evaluate_only, resume=args.resume)
         config = with_seed(config, choice["seed"])
         print(f"seed {choice['seed']} chosen: validation AUROC " + ", ".join(
             f"seed {seed} {value:.4f}" for seed, value in choice["validation_auroc"].items()))
-    elif not args.evaluate_only:
-        _retrain(run_config, resume=args.resume)
-    elif not (Path(config.source_checkpoint) / "config.json").is_file():
-        raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
-    check_recipe(run_config, config.source_checkpoint)
-    measured = measure(run_config)
+    else:
+        if not args.evaluate_only:
+            _retrain(run_config, resume=args.resume)
+        elif not (Path(config.source_checkpoint) / "config.json").is_file():
+            raise ValueError(f"{config.source_checkpoint} holds no trained model; run without --evaluate-only first.")
+        check_recipe(run_config, config.source_checkpoint)
+        measured = measure(run_config)
     metrics = dict(measured.metrics, **({"seed_choice": choice} if choice else {}))
     config = dataclasses.replace(config, metrics=metrics, label_names=measured.label_names,
                                  data_config=measured.data_config)

@@ -155,12 +155,13 @@ def final_evaluation(sets: FinalSets, head_kind: str, classifier: nn.Module, out
         print(f"score {name} left out: {reason}")
     val_scores = scorer.scores(names, val.features, val.logits)
     ood_val = {name: run(dataset, f"ood-val {name}") for name, dataset in sets.ood_val().items()}
-    if cfg.dismax_fpr and not jigsaw_left_out(cfg):
+    left_out = jigsaw_left_out(cfg)
+    if cfg.dismax_fpr and not left_out:
         print("note: the run trains on FPR's mosaics, and jigsaw puzzles (which resemble them) are its only OOD "
               "validation set: the chosen score may be the one that best detects mosaics; pass --ood-val-dataset "
               "with held-out real OOD images to choose on those instead.")
     selection = choose_score(val_scores, {name: scorer.scores(names, o.features, o.logits) for name, o in ood_val.items()},
-                             note=JIGSAW_LEFT_OUT if jigsaw_left_out(cfg) else None)
+                             note=JIGSAW_LEFT_OUT if left_out else None)
     chosen = cfg.score or selection.chosen
     if chosen not in val_scores:
         val_scores[chosen] = scorer.score(chosen, val.features, val.logits)

@@ -25,7 +25,7 @@ from ..hub.config import RETRAINED_TOLERANCE, SAME_WEIGHTS_TOLERANCE, metric_dif
 from ..hub.provenance import DATA_CONFIG_KEYS
 from ..ood.evaluation import CONVENTIONS, evaluate_model, load_eval_set, load_model
 from .arguments import settings_from_args
-from .state import SETTINGS_NAME, TRAINING_DIR, describe_changes
+from .state import EVALUATION_NAME, SETTINGS_NAME, TRAINING_DIR, describe_changes
 from .trainer import train
 
 __all__ = ["retrain", "recipe_command", "with_data_root", "resolve_hub_config", "check_data", "check_recipe", "measure",
@@ -66,14 +66,14 @@ def seed_folder(config: HubConfig, seed: int) -> Path:
     return Path(f"{config.source_checkpoint}.seed{seed}")
 
 
-def _validation_auroc(folder: Path) -> Tuple[str, float]:
-    # the run's chosen score and its validation AUROC, as its final evaluation recorded them
-    path = folder / TRAINING_DIR / "evaluation.json"
+def _validation_auroc(folder: Path) -> float:
+    # the validation AUROC of the run's chosen score, as its final evaluation recorded it
+    path = folder / TRAINING_DIR / EVALUATION_NAME
     if not path.is_file():
         raise ValueError(f"{folder} holds no final evaluation ({path}), so its seed cannot be compared on validation; "
                          f"retrain it: delete the folder and run `timm-isomax reproduce` again.")
     evaluation = json.loads(path.read_text())
-    return evaluation["score"], evaluation["selection"]["aurocs"][evaluation["score"]]["mean"]
+    return evaluation["selection"]["aurocs"][evaluation["score"]]["mean"]
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:
@@ -84,10 +84,11 @@ def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: b
                         log: Callable[[str], None] = print) -> Tuple[HubConfig, Dict[str, Any]]:
     """For a config with ``seeds``: train each seed's run into :func:`seed_folder` (unless it finished there;
     ``train_missing=False`` requires them all), choose the seed by :data:`SEED_CRITERION`, copy its folder to
-    ``source_checkpoint`` and measure every seed on the test sets. Returns the config with the chosen seed in
-    its ``finetune_args`` (what ``--check`` retrains and the card prints) and the ``seed_choice`` record:
-    ``{"seed", "criterion", "validation_auroc": {seed: value}, "scores": {seed: score}, "runs": {seed: {"accuracy",
-    "ood"}}, "mean": {"accuracy": {"mean", "std"}, "ood": {set: {metric: {"mean", "std"}}}}}``."""
+    ``source_checkpoint`` and measure every seed on the test sets. Returns the chosen seed's measurement (as
+    :func:`measure` gives it: the config with that seed in its ``finetune_args``, what ``--check`` retrains and the
+    card prints, and its metrics; the copy in ``source_checkpoint`` holds the same bytes) and the ``seed_choice``
+    record: ``{"seed", "criterion", "validation_auroc": {seed: value}, "runs": {seed: {"accuracy", "score", "ood"}},
+    "mean": {"accuracy": {"mean", "std"}, "ood": {set: {metric: {"mean", "std"}}}}}``."""
     seeds = list(config.seeds or ())
     if not seeds:
         raise ValueError(f"{config.path} lists no seeds to choose from; add \"seeds\": [0, 1, 2] or reproduce it as it is.")
@@ -107,23 +108,24 @@ def publish_seed_choice(config: HubConfig, train_missing: bool = True, resume: b
             raise ValueError(f"{folder} holds no trained model for seed {seed}; run `timm-isomax reproduce "
                              f"{config.path}` without --evaluate-only to train it.")
     validation = {seed: _validation_auroc(seed_folder(config, seed)) for seed in seeds}
-    chosen = max(seeds, key=lambda seed: validation[seed][1])  # max keeps the first listed of equal values
+    chosen = max(seeds, key=lambda seed: validation[seed])  # max keeps the first listed of equal values
     target = Path(config.source_checkpoint)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(seed_folder(config, chosen), target)
+    measured = {seed: measure(with_seed(config, seed), str(seed_folder(config, seed))) for seed in seeds}
     runs = {}
     for seed in seeds:
-        measured = measure(with_seed(config, seed), str(seed_folder(config, seed))).metrics
-        runs[seed] = dict(accuracy=measured["accuracy"], score=measured["score"],
-                          ood={name: {k: row[k] for k in ("auroc", "fpr_at_95_tpr")} for name, row in measured["ood"].items()})
+        metrics = measured[seed].metrics
+        runs[seed] = dict(accuracy=metrics["accuracy"], score=metrics["score"],
+                          ood={name: {k: row[k] for k in ("auroc", "fpr_at_95_tpr")} for name, row in metrics["ood"].items()})
     mean = dict(accuracy=_mean_std([run["accuracy"] for run in runs.values()]),
                 ood={name: {metric: _mean_std([run["ood"][name][metric] for run in runs.values()])
                             for metric in runs[chosen]["ood"][name]} for name in runs[chosen]["ood"]})
     choice = dict(seed=chosen, criterion=SEED_CRITERION,
-                  validation_auroc={str(seed): validation[seed][1] for seed in seeds},
+                  validation_auroc={str(seed): validation[seed] for seed in seeds},
                   runs={str(seed): runs[seed] for seed in seeds}, mean=mean)
-    return with_seed(config, chosen), choice
+    return measured[chosen], choice
 
 
 def _is_local_path(source: str) -> bool:

@@ -231,7 +231,7 @@ def test_model_config_truncated_invalid_utf8_and_non_object(saved_model, cut, ju
 
 # --- the resume path: a run's checkpoint ----------------------------------------------------------
 GOOD_STATE = dict(model={}, optimizer={}, scheduler={}, scaler={}, epoch=1, global_step=10,
-                  architecture="resnet10t_isomaxplus", pretrained_cfg={})
+                  architecture="resnet10t_isomaxplus", pretrained_cfg={}, log=[{"epoch": 1, "train_loss": 0.5}])
 
 
 @FUZZ_LOADS

@@ -171,9 +171,10 @@ def test_sigint_then_sigterm_save_mid_epoch_and_the_resumed_run_ends_the_same(un
 
 @pytest.mark.slow
 def test_a_run_stopped_after_its_last_epoch_resumes_into_the_same_final_evaluation(uninterrupted, shared_data, tmp_path):
-    # a stop between the last checkpoint and the saved model (e.g. during the final evaluation): the resumed run
-    # only evaluates, on a model rebuilt in training mode, and must score it as the uninterrupted run did
-    # (BatchNorm on its running statistics: scored in training mode it read 82% instead of 86% on ResNet-20)
+    # a stop between the last checkpoint and its log line (CI once lost epoch 1's line to a SIGKILL there), or
+    # between the log line and the saved model (e.g. during the final evaluation): the resumed run writes the
+    # line back from the checkpoint and only evaluates, on a model rebuilt in training mode, and must score it
+    # as the uninterrupted run did (BatchNorm on its running statistics: in training mode 82% instead of 86%)
     import shutil
 
     expected_output, _ = uninterrupted
@@ -181,6 +182,9 @@ def test_a_run_stopped_after_its_last_epoch_resumes_into_the_same_final_evaluati
     shutil.copytree(expected_output, output)
     for name in ("config.json", "model.safetensors", "feature_bank.safetensors", "training/evaluation.json"):
         (output / name).unlink(missing_ok=True)
+    log_path = output / "training" / LOG_NAME
+    expected_log = log_path.read_text()
+    log_path.write_text("".join(expected_log.splitlines(keepends=True)[:-1]))  # the last epoch's line not yet written
     code, text = Run(finetune_args(shared_data, output, extra=["--resume"])).finish()
     assert code == 0, text[-3000:]
     assert f"after epoch {EPOCHS}" in text
@@ -189,3 +193,20 @@ def test_a_run_stopped_after_its_last_epoch_resumes_into_the_same_final_evaluati
     before, after = (json.loads((folder / "training" / "evaluation.json").read_text()) for folder in (expected_output, output))
     assert after["accuracy"] == before["accuracy"] and after["val_accuracy"] == before["val_accuracy"]
     assert after["metrics"] == before["metrics"] and after["score"] == before["score"]
+    assert log_path.read_text() == expected_log
+
+
+def test_the_log_is_restored_from_the_checkpoint_and_an_older_checkpoint_cuts_it(tmp_path):
+    from timm_isomax.train.state import restore_log
+
+    path = tmp_path / LOG_NAME
+    lines = [{"epoch": 1, "train_loss": 2.5}, {"epoch": 2, "train_loss": 1.5}, {"epoch": 3, "train_loss": 1.0}]
+    path.write_text(json.dumps(lines[0]) + "\n")  # killed before epoch 2's line, after its checkpoint
+    assert restore_log(path, {"epoch": 2, "log": lines[:2]}) == lines[:2]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == lines[:2]
+    # a checkpoint written before checkpoints held the log: the file's lines of later epochs are cut
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert restore_log(path, {"epoch": 2}) == lines[:2]
+    assert path.read_text() == "".join(json.dumps(line) + "\n" for line in lines[:2])
+    fresh = tmp_path / "fresh" / LOG_NAME
+    assert restore_log(fresh, None) == [] and not fresh.exists()  # a new run writes no empty log

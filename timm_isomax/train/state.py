@@ -17,7 +17,7 @@ from ..models.conversion import ConversionReport
 from .._io import atomic_write
 
 __all__ = ["check_resumed_settings", "changed_settings", "describe_changes", "TRAINING_DIR", "CHECKPOINT_NAME", "LOG_NAME", "LOCK_NAME", "EVALUATION_NAME", "read_resume_state",
-           "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "truncate_log"]
+           "resume_state_problem", "save_checkpoint", "resumed_model", "load_resumed_weights", "restore_log"]
 
 TRAINING_DIR = "training"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -107,6 +107,8 @@ def resume_state_problem(state: Any) -> Optional[str]:
             value = state.get(key)
             if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
                 return f"mid-epoch entry {key!r} must be {kind.__name__}, got {type(value).__name__}"
+    if "log" in state and not _is_log(state["log"]):
+        return "entry 'log' must be a list of the epochs' log lines (JSON objects)"
     if "architecture" in state:
         if not isinstance(state["architecture"], str) or not isinstance(state.get("pretrained_cfg"), dict):
             return "entries 'architecture' (a string) and 'pretrained_cfg' (a dict) have the wrong types"
@@ -115,6 +117,16 @@ def resume_state_problem(state: Any) -> Optional[str]:
         if not isinstance(state.get("model_kwargs", {}), dict):
             return "entry 'model_kwargs' must be a dict"
     return None
+
+
+def _is_log(value: Any) -> bool:
+    if not isinstance(value, list) or not all(isinstance(record, dict) for record in value):
+        return False
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def resumed_model(state: Dict[str, Any], num_classes: int) -> nn.Module:
@@ -137,11 +149,20 @@ def load_resumed_weights(model: nn.Module, state_dict: Dict[str, Any], path: Pat
                          f"run's own dataset and settings, or choose another output folder.") from None
 
 
-def truncate_log(path: Path, completed_epochs: int) -> None:
-    """Keep only the log lines of the epochs the checkpoint holds: a resumed run rewrites the others."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
-    if len(kept) != len(lines):
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+def restore_log(path: Path, state: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The log lines of the epochs the checkpoint holds, written back to ``path`` and returned.
+
+    A checkpoint carries its epochs' log lines (``log``), so a kill between the checkpoint and the log
+    write loses nothing: the resumed run writes the line again. A checkpoint of an older version has no
+    ``log``; then the file's own lines of those epochs are kept and the others cut."""
+    completed_epochs = state["epoch"] if state else 0
+    if state is not None and "log" in state:
+        records = [dict(record) for record in state["log"]]
+    else:
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = [json.loads(line) for line in lines if line.strip()]
+        records = [record for record in records if record.get("epoch", 0) <= completed_epochs]
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    if path.exists() and path.read_text() != text or not path.exists() and records:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return records

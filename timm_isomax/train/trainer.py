@@ -28,7 +28,7 @@ from .rng import PerImageSeeds, SkipFirst, epoch_seed, rng_states, seed_everythi
 from .runtime import Runtime, StopRequest, output_lock, setup_runtime
 from .start_model import build_start_model, data_config_overrides, model_kwargs
 from .state import (CHECKPOINT_NAME, check_resumed_settings, EVALUATION_NAME, LOG_NAME, TRAINING_DIR, load_resumed_weights, read_resume_state,
-                    resumed_model, save_checkpoint, truncate_log)
+                    resumed_model, restore_log, save_checkpoint)
 
 __all__ = ["train"]
 
@@ -98,6 +98,7 @@ class _Run:
     final_images: Tuple[Any, Dict[str, Any], Optional[FeatureCache]] = (None, {}, None)  # val, OOD sets, feature cache
     sampler: Any = None
     updates_per_epoch: int = 0
+    log: List[Dict[str, Any]] = field(default_factory=list)  # the epochs' log lines; every checkpoint holds them
     opt: Dict[str, Any] = field(default_factory=dict)
     start: Tuple[int, int, int] = (0, 0, 0)  # epoch, global step, step within that epoch
     fixed: Tuple[int, ...] = ()  # ids of parameters that never train (a frozen whitened stem)
@@ -274,12 +275,13 @@ def _restore_checkpoint(run: _Run) -> None:
 
 
 def _record_settings(run: _Run) -> None:
-    """``training/config.json`` (the settings a resume is checked against), and the log cut back to the checkpoint."""
+    """``training/config.json`` (the settings a resume is checked against), and the log of the epochs the
+    checkpoint holds."""
     if run.runtime.is_main:
         training_dir = run.output / TRAINING_DIR
         training_dir.mkdir(parents=True, exist_ok=True)
         (training_dir / "config.json").write_text(json.dumps(run.cfg.to_json(), indent=2))
-        truncate_log(training_dir / LOG_NAME, run.start[0])
+        run.log = restore_log(training_dir / LOG_NAME, run.resume_state)
 
 
 def _training_state(run: _Run, epoch: int, step: int, step_in_epoch: int = 0,
@@ -289,7 +291,7 @@ def _training_state(run: _Run, epoch: int, step: int, step_in_epoch: int = 0,
     state = dict(model=model.state_dict(), optimizer=opt["optimizer"].state_dict(),
                  scheduler=opt["scheduler"].state_dict(), scaler=opt["scaler"].state_dict(), epoch=epoch,
                  global_step=step, config=run.cfg.to_json(), architecture=model.pretrained_cfg["architecture"],
-                 pretrained_cfg=dict(model.pretrained_cfg), model_kwargs=model_kwargs(run.cfg))
+                 pretrained_cfg=dict(model.pretrained_cfg), model_kwargs=model_kwargs(run.cfg), log=list(run.log))
     if step_in_epoch:
         state.update(step_in_epoch=step_in_epoch, epoch_loss_sum=epoch_loss_sum, rng=rng_states())
     return state
@@ -373,7 +375,9 @@ def _epoch_loader(run: _Run, epoch: int, seed: int, skip_steps: int) -> torch.ut
 
 
 def _end_epoch(run: _Run, epoch: int, global_step: int, record: Dict[str, Any]) -> None:
-    """Checkpoint first, then the log line: a kill between them loses a log line, never an epoch."""
+    """Checkpoint first, then the log line; the checkpoint holds the line too, so a kill between them loses
+    nothing (a resume writes the line again)."""
+    run.log.append(record)
     save_checkpoint(run.checkpoint_path, _training_state(run, epoch + 1, global_step))
     with open(run.output / TRAINING_DIR / LOG_NAME, "a") as log:
         log.write(json.dumps(record) + "\n")

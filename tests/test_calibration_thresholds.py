@@ -1,4 +1,5 @@
 """Deployment thresholds, is_ood / predict, and temperature calibration (synthetic and on a real MNIST model)."""
+import json
 import numpy as np
 import pytest
 import timm
@@ -164,13 +165,44 @@ def test_threshold_is_fitted_stored_restored_and_flags_ood_images(models, shared
         assert predict(restored, batch, label_names=list("abcdefghij"))[0].label in list("abcdefghij")
 
 
+def test_a_softmax_run_folder_deploys_with_the_score_and_threshold_its_run_chose(models, shared_data, tmp_path):
+    # `finetune --head softmax` writes a plain timm folder: predict / is_ood read the run's training/evaluation.json
+    import shutil
+
+    from timm_isomax.ood import recorded_ood_config
+
+    softmax = _load(models["softmax"])
+    evaluation = json.loads((models["softmax"] / "training" / "evaluation.json").read_text())
+    record, where = recorded_ood_config(softmax)
+    assert where == "its run's training/evaluation.json" and record["score"] == evaluation["score"] == "msp"
+    assert record["threshold"] == evaluation["threshold"] and record["id_scores"] == evaluation["id_scores"]
+    images = load_image_dataset(str(shared_data / "mnist"), split="test").select(range(16))
+    batch = torch.stack([model_transform(softmax)[0](row["image"].convert("L")) for row in images])
+    expected = torch.softmax(softmax(batch), dim=1).amax(dim=1)
+    scores = ood_scores(softmax, batch)
+    torch.testing.assert_close(scores.float(), expected)
+    flags = [p.is_ood for p in predict(softmax, batch)]
+    assert flags == (scores < evaluation["threshold"]).tolist() == is_ood(softmax, batch).tolist()
+    # an IsoMax model records them in its ood_config alone: without a threshold there (here cleared, as a
+    # temperature calibration clears it) its run's evaluation.json is not read, so a stale threshold is never used
+    isomaxplus = _load(models["isomaxplus"])
+    assert recorded_ood_config(isomaxplus) == ({**isomaxplus.ood_config}, "")
+    # a damaged evaluation.json is one line that says what to do
+    damaged = tmp_path / "damaged"
+    shutil.copytree(models["softmax"], damaged)
+    (damaged / "training" / "evaluation.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*evaluation.json .*pass score= and threshold="):
+        is_ood(_load(damaged), batch)
+
+
 def test_ood_helpers_say_what_is_missing(models):
     isomaxplus, softmax = _load(models["isomaxplus"]), _load(models["softmax"])
     batch = torch.zeros(2, 1, 32, 32)
     with pytest.raises(ValueError, match="no OOD threshold"):
         is_ood(isomaxplus, batch)
-    with pytest.raises(ValueError, match="pass score="):
-        is_ood(softmax, batch, threshold=0.5)
+    plain = timm.create_model("resnet10t", num_classes=10, in_chans=1).eval()  # no folder, no record
+    with pytest.raises(ValueError, match="records no OOD score.*pass score="):
+        is_ood(plain, batch, threshold=0.5)
     assert is_ood(softmax, batch, threshold=2.0, score="msp").all()  # msp <= 1 < 2: everything OOD
     with pytest.raises(ValueError, match="not an IsoMax model"):
         fit_ood_threshold(softmax, [])

@@ -17,7 +17,6 @@ The models and their numbers are plain Python (:func:`load_demo_model`, :meth:`D
     launch_app(build_app(models, example_images(id_set, ood, 4, "out/examples")), port=7860)
 """
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,10 @@ from torch import nn
 
 from ..data import dataset_for_model, find_columns, model_transform
 from ..models.classifier import HEAD_TITLES, IsoMaxClassifier
-from ..ood.deploy import fit_threshold, ood_scores
+from ..ood.deploy import fit_threshold, ood_scores, recorded_ood_config
 from ..ood.evaluation import EvalSet, load_model
 from ..ood.metrics import TPR_LEVEL
 from ..ood.score_summary import share_below, summarize_scores, summary_matches
-from ..train.state import EVALUATION_NAME, TRAINING_DIR
 from . import page as app_page
 
 __all__ = ["INSTALL_HINT", "gradio_problem", "Distribution", "DemoModel", "load_demo_model", "example_images",
@@ -46,8 +44,6 @@ OFFLINE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELE
 # the score of a model that records none (a plain SoftMax model): its maximum softmax probability
 FALLBACK_SCORE = "msp"
 TOP_CLASSES = 5
-# where a trainer's run keeps its final evaluation, beside the model (timm_isomax.train.state)
-_EVALUATION_FILE = Path(TRAINING_DIR) / EVALUATION_NAME
 
 
 def gradio_problem() -> Optional[str]:
@@ -123,25 +119,6 @@ def image_digest(image: Image.Image) -> str:
     return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:12]
 
 
-def _recorded(model: nn.Module) -> Tuple[Dict[str, Any], str]:
-    """(score, threshold, tpr, fitted_on, id_scores) as the model records them, and where: an IsoMax model's
-    ``ood_config`` (config.json), else a trainer's ``training/evaluation.json`` beside a local model folder (where a
-    SoftMax run keeps its chosen score and threshold); empty where neither records a threshold."""
-    config = dict(getattr(model, "ood_config", None) or {})
-    if config.get("threshold") is not None:
-        return config, "config.json (ood_config)"
-    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
-    folder = Path(file) if file else None
-    if folder is not None and not folder.is_dir():
-        folder = folder.parent
-    if folder is not None and (folder / _EVALUATION_FILE).is_file():
-        evaluation = json.loads((folder / _EVALUATION_FILE).read_text())
-        keys = ("score", "threshold", "tpr", "fitted_on", "id_scores")
-        if evaluation.get("threshold") is not None:
-            return {k: evaluation.get(k) for k in keys}, f"its run's {_EVALUATION_FILE.as_posix()}"
-    return ({"score": config["score"]} if config.get("score") else {}), ""
-
-
 def _set_scores(model: nn.Module, eval_set: EvalSet, score: str, batch_size: int = 128) -> np.ndarray:
     # through timm_isomax.ood_scores, batch by batch: the same numbers the page gives for each of these images
     loader = torch.utils.data.DataLoader(dataset_for_model(model, eval_set.dataset), batch_size=batch_size)
@@ -162,7 +139,7 @@ def load_demo_model(name: str, id_set: Optional[EvalSet] = None, ood_sets: Seque
     scores of each of ``ood_sets``. Unknown names and missing folders are one-line ``ValueError`` / ``OSError``.
     """
     model = load_model(name).to(device)
-    record, where = _recorded(model)
+    record, where = recorded_ood_config(model)
     score = record.get("score") or FALLBACK_SCORE
     threshold = record.get("threshold")
     id_scores = _set_scores(model, id_set, score) if id_set is not None else None

@@ -10,7 +10,7 @@ from .._lazy import lazy_exports
 # public name -> the module of this package that defines it, imported when the name is first read
 _EXPORTS = {
     "fit_threshold": "deploy", "fit_ood_threshold": "deploy", "ood_scores": "deploy", "is_ood": "deploy",
-    "predict": "deploy", "Prediction": "deploy", "Images": "deploy",
+    "predict": "deploy", "Prediction": "deploy", "Images": "deploy", "recorded_ood_config": "deploy",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,9 @@ restores::
 
 Fit the threshold *after* any temperature calibration: the temperature changes the scores.
 """
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,7 +31,7 @@ from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
 from .score_summary import summarize_scores
 from ..layers.scores import get_score
 
-__all__ = ["fit_threshold", "fit_ood_threshold", "ood_scores", "is_ood", "predict", "Prediction"]
+__all__ = ["fit_threshold", "fit_ood_threshold", "recorded_ood_config", "ood_scores", "is_ood", "predict", "Prediction"]
 
 Images = Union[torch.Tensor, Image.Image, Sequence[Image.Image]]
 
@@ -53,14 +55,67 @@ def fit_threshold(id_val_scores: ArrayLike, tpr: float = TPR_LEVEL) -> float:
     return float(np.partition(scores, n - k)[n - k])  # the k-th highest score, without a full sort
 
 
+RECORDED_KEYS = ("score", "threshold", "tpr", "fitted_on", "id_scores")
+
+
+def recorded_ood_config(model: nn.Module) -> Tuple[dict, str]:
+    """``(record, where)``: the OOD score and threshold (with ``tpr``, ``fitted_on``, ``id_scores``) that ``model``
+    records, and where it keeps them.
+
+    An IsoMax model keeps them in its ``ood_config`` (config.json), and only there: one without a threshold has
+    none (a temperature calibration clears it, since it changes the scores). A run of ``timm-isomax finetune
+    --head softmax`` writes a plain timm folder, so its validation-chosen score and threshold live in the run's
+    ``training/evaluation.json`` beside the weights; that file is read for a plain model loaded from such a
+    folder (``local-dir:``). Empty (or the score alone) where nothing records one.
+
+    Example:
+        >>> model = timm.create_model("local-dir:out/cifar_softmax", pretrained=True)
+        >>> recorded_ood_config(model)
+        ({'score': 'vim', 'threshold': -3.47, ...}, "its run's training/evaluation.json")
+    """
+    if hasattr(model, "ood_config"):
+        config = dict(model.ood_config or {})
+        return config, "config.json (ood_config)" if config.get("threshold") is not None else ""
+    evaluation_file = _run_evaluation_file(model)
+    if evaluation_file is not None:
+        cached = model.__dict__.get("_run_evaluation")
+        if cached is None or cached[0] != evaluation_file:
+            try:
+                evaluation = json.loads(evaluation_file.read_text())
+            except ValueError as error:
+                raise ValueError(f"cannot read {evaluation_file} ({error}): restore it from the run, or pass score= "
+                                 f"and threshold=.") from None
+            if not isinstance(evaluation, dict):
+                raise ValueError(f"{evaluation_file} holds {type(evaluation).__name__}, not a run's evaluation: "
+                                 f"restore it from the run, or pass score= and threshold=.")
+            cached = (evaluation_file, {key: evaluation.get(key) for key in RECORDED_KEYS})
+            model.__dict__["_run_evaluation"] = cached  # read once per model: predict() is called per image
+        if cached[1].get("threshold") is not None:
+            return dict(cached[1]), f"its run's {evaluation_file.parent.name}/{evaluation_file.name}"
+    return {}, ""
+
+
+def _run_evaluation_file(model: nn.Module) -> Optional[Path]:
+    """The ``training/evaluation.json`` beside the folder ``model`` was loaded from, if there is one."""
+    from ..train.state import EVALUATION_NAME, TRAINING_DIR  # here: the trainer imports this module
+
+    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    if not file:
+        return None
+    folder = Path(file) if Path(file).is_dir() else Path(file).parent  # local-dir: names the folder itself
+    path = folder / TRAINING_DIR / EVALUATION_NAME
+    return path if path.is_file() else None
+
+
 def _config_of(model: nn.Module) -> dict:
-    return dict(getattr(model, "ood_config", None) or {})
+    return recorded_ood_config(model)[0]
 
 
 def _score_name(model: nn.Module, score: Optional[str]) -> str:
     name = score or _config_of(model).get("score")
     if name is None:
-        raise ValueError(f"{type(model).__name__} has no ood_config (not an IsoMax model): pass score=..., e.g. 'msp'.")
+        raise ValueError(f"{type(model).__name__} records no OOD score (no ood_config, and no training/evaluation.json "
+                         f"of a timm-isomax run beside its weights): pass score=..., e.g. 'msp'.")
     problem = score_problem(name)
     if problem:
         raise ValueError(problem)

@@ -187,6 +187,15 @@ def test_a_softmax_run_folder_deploys_with_the_score_and_threshold_its_run_chose
     # temperature calibration clears it) its run's evaluation.json is not read, so a stale threshold is never used
     isomaxplus = _load(models["isomaxplus"])
     assert recorded_ood_config(isomaxplus) == ({**isomaxplus.ood_config}, "")
+    # `timm-isomax evaluate` lists the run's own score first (here a copy whose run chose energy)
+    from timm_isomax.ood.evaluation import default_score_names
+
+    energy_run = tmp_path / "energy_run"
+    shutil.copytree(models["softmax"], energy_run)
+    (energy_run / "training" / "evaluation.json").write_text(json.dumps({**evaluation, "score": "energy"}))
+    names = default_score_names(_load(energy_run))
+    assert names[0] == "energy" and sorted(names) == sorted(default_score_names(softmax))
+    assert default_score_names(softmax)[0] == "msp"
     # a damaged evaluation.json is one line that says what to do
     damaged = tmp_path / "damaged"
     shutil.copytree(models["softmax"], damaged)

@@ -11,8 +11,9 @@ results.csv and, per OOD set, hist_<set>.png (ID-vs-OOD score histograms) and ro
 
 --model takes any name timm.create_model takes (local-dir:DIR, hf-hub:ORG/NAME, resnet50_isomaxplus.tag)
 or a model folder written by timm_isomax.hub.save_pretrained. Default scores: every score of the
-model's head, its own (ood_config["score"]) first for IsoMax models (IsoMax+: mds, entropic, energy, msp;
-DisMax: mmles, mmls, max_logit, ...); msp, max_logit, energy and entropic for SoftMax models.
+model's head (its logit scores; feature scores; KNN and the post-hoc detectors where a feature bank is saved
+beside it), the model's own first: an IsoMax model's ood_config["score"], or the score a SoftMax run of
+timm-isomax finetune chose (its training/evaluation.json).
 """
 import argparse
 import sys

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import dataset_for_model, find_columns, image_digests, load_sample
+from .deploy import recorded_ood_config
 from .detectors import Outputs, Scorer, candidate_scores, model_outputs, model_parts, needs_features, score_problem
 from ..models.inference import predict_logits
 from .feature_scores import feature_bank_of
@@ -118,16 +119,15 @@ def _has_features(model: nn.Module) -> bool:
 def default_score_names(model: nn.Module) -> List[str]:
     """Every score the trainer reports for the model's head (:func:`timm_isomax.ood.detectors.candidate_scores`): its
     logit scores, the feature scores where its logits are one head on its pre-logits, and KNN and the post-hoc
-    detectors where a feature bank was saved beside it; the model's own first for IsoMax models
-    (``model.ood_config["score"]``, the one its threshold uses). All of them, because which score suits which head
-    is an open question the benchmark measures (docs/benchmarks.md), not one to hide here."""
+    detectors where a feature bank was saved beside it; the model's own first (the one its threshold uses: an IsoMax
+    model's ``ood_config["score"]``, or the score a SoftMax run chose, :func:`~timm_isomax.ood.recorded_ood_config`).
+    All of them, because which score suits which head is an open question the benchmark measures
+    (docs/benchmarks.md), not one to hide here."""
     head = model.head_type if isinstance(model, IsoMaxClassifier) else "softmax"
     with_features = _has_features(model)
     names = list(candidate_scores(head, with_features, with_features and feature_bank_of(model) is not None))
-    if isinstance(model, IsoMaxClassifier):
-        own = model.ood_config["score"]
-        return [own, *(score for score in names if score != own)]
-    return names
+    own = recorded_ood_config(model)[0].get("score")
+    return [own, *(score for score in names if score != own)] if own else names
 
 
 def _image_digests(eval_set: EvalSet) -> set:
@@ -137,7 +137,7 @@ def _image_digests(eval_set: EvalSet) -> set:
 def _threshold_fitted_on_id_set(model: nn.Module, id_set: EvalSet) -> Optional[str]:
     # the trainer records fitted_on as "SOURCE:SPLIT", "SOURCE:SPLIT[...]" for a sample of it, or with
     # "[held out ...]" for a share of the training split (other rows than the split's own evaluation)
-    fitted_on = (getattr(model, "ood_config", None) or {}).get("fitted_on")
+    fitted_on = recorded_ood_config(model)[0].get("fitted_on")
     if not isinstance(fitted_on, str) or "[held out" in fitted_on:
         return None
     source, _, split = fitted_on.split("[")[0].rpartition(":")

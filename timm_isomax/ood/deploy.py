@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from .detectors import FEATURE_SCORES, Scorer, model_parts, needs_features, score_problem
-from .feature_scores import feature_bank_of
+from .feature_scores import feature_bank_of, model_folder
 from .metrics import TPR_LEVEL, ArrayLike, as_score_array, min_count
 from .score_summary import summarize_scores
 from ..layers.scores import get_score
@@ -66,7 +66,8 @@ def recorded_ood_config(model: nn.Module) -> Tuple[dict, str]:
     none (a temperature calibration clears it, since it changes the scores). A run of ``timm-isomax finetune
     --head softmax`` writes a plain timm folder, so its validation-chosen score and threshold live in the run's
     ``training/evaluation.json`` beside the weights; that file is read for a plain model loaded from such a
-    folder (``local-dir:``). Empty (or the score alone) where nothing records one.
+    folder (``local-dir:``). ``where`` is empty where no threshold is recorded (an IsoMax model's ``ood_config``
+    still names its score), and the record too for a plain model without such a file.
 
     Example:
         >>> model = timm.create_model("local-dir:out/cifar_softmax", pretrained=True)
@@ -99,12 +100,9 @@ def _run_evaluation_file(model: nn.Module) -> Optional[Path]:
     """The ``training/evaluation.json`` beside the folder ``model`` was loaded from, if there is one."""
     from ..train.state import EVALUATION_NAME, TRAINING_DIR  # here: the trainer imports this module
 
-    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
-    if not file:
-        return None
-    folder = Path(file) if Path(file).is_dir() else Path(file).parent  # local-dir: names the folder itself
-    path = folder / TRAINING_DIR / EVALUATION_NAME
-    return path if path.is_file() else None
+    folder = model_folder(model)
+    path = folder / TRAINING_DIR / EVALUATION_NAME if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def _config_of(model: nn.Module) -> dict:

@@ -184,6 +184,15 @@ def knn(features: torch.Tensor, bank: FeatureBank, k: int = 50) -> torch.Tensor:
     return bank.kth_similarities(features, (k,))[k]
 
 
+def model_folder(model: torch.nn.Module) -> Optional[Path]:
+    """The local folder ``model``'s weights were loaded from (``pretrained_cfg["file"]``), or None: what is
+    saved beside the weights (the feature bank, a trainer run's ``training/``) is found there."""
+    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    if not file:
+        return None
+    return Path(file) if Path(file).is_dir() else Path(file).parent  # local-dir: names the folder itself
+
+
 def feature_bank_of(model: torch.nn.Module) -> Optional[FeatureBank]:
     """The feature bank saved beside ``model``'s weights, or None: ``model.feature_bank`` if set; else the
     ``feature_bank.safetensors`` of the folder (``local-dir:``) or Hub repo (``hf-hub:``, downloaded on first use) the
@@ -198,8 +207,7 @@ def feature_bank_of(model: torch.nn.Module) -> Optional[FeatureBank]:
         return model.feature_bank
     cfg = getattr(model, "pretrained_cfg", None) or {}
     bank = None
-    folder = Path(cfg["file"]) if cfg.get("file") else None
-    folder = folder if folder is None or folder.is_dir() else folder.parent  # local-dir: names the folder itself
+    folder = model_folder(model)
     if folder is not None and (folder / FEATURE_BANK_NAME).is_file():
         bank = FeatureBank.load(folder)
     elif cfg.get("hf_hub_id"):

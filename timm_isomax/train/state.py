@@ -155,14 +155,14 @@ def restore_log(path: Path, state: Optional[Dict[str, Any]]) -> List[Dict[str, A
     A checkpoint carries its epochs' log lines (``log``), so a kill between the checkpoint and the log
     write loses nothing: the resumed run writes the line again. A checkpoint of an older version has no
     ``log``; then the file's own lines of those epochs are kept and the others cut."""
-    completed_epochs = state["epoch"] if state else 0
+    written = path.read_text() if path.exists() else None
     if state is not None and "log" in state:
         records = [dict(record) for record in state["log"]]
     else:
-        lines = path.read_text().splitlines() if path.exists() else []
-        records = [json.loads(line) for line in lines if line.strip()]
+        completed_epochs = state["epoch"] if state else 0
+        records = [json.loads(line) for line in (written or "").splitlines() if line.strip()]
         records = [record for record in records if record.get("epoch", 0) <= completed_epochs]
     text = "".join(json.dumps(record) + "\n" for record in records)
-    if path.exists() and path.read_text() != text or not path.exists() and records:
+    if text != (written or ""):  # so a new run without lines writes no empty log
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return records

@@ -15,7 +15,7 @@ import safetensors
 import timm_isomax  # noqa: F401
 from timm_isomax.benchmark import (TTA_SUFFIX, fill_result_tables, headline_table, load_protocol, load_runs,
                                    markdown_table, missing_inputs, result_tables, run_protocol, smoke_version, summarize,
-                                   validated_headline_table)
+                                   summary_json, validated_headline_table)
 from timm_isomax.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,19 @@ def test_summarize_takes_mean_and_sample_std_over_seeds_and_group_means():
     assert "3 min of training epochs" in table
     lower_is_better = markdown_table(summary, metrics=("fpr_at_95_tpr",))
     assert "**50.00 ± 0.00**" in lower_is_better
+
+
+def test_summary_json_is_one_row_a_line_with_floats_to_six_significant_digits():
+    summary = summarize([_fake_run(1, 0.90, 0.80), _fake_run(0, 0.92, 0.90), _fake_run(2, 0.94, 1.00)])
+    text = summary_json(summary)
+    lines = text.splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == len(summary) + 2
+    assert [json.loads(line.rstrip(",")) for line in lines[1:-1]] == json.loads(text)
+    (msp, mds) = json.loads(text)
+    assert mds["accuracy"]["mean"] == 0.92 and summary[1]["accuracy"]["mean"] != 0.92  # fmean's 0.9200000000000002
+    assert mds["metrics"]["far mean"]["auroc"]["mean"] == pytest.approx(0.8, abs=5e-7)
+    assert (msp["label"], mds["seeds"], mds["columns"]) == ("SoftMax, MSP", [0, 1, 2], ["a", "b", "far mean"])
+    assert len(str(json.loads(summary_json([{"x": 1 / 3}]))[0]["x"])) == len("0.333333")
 
 
 def test_each_row_names_the_machine_it_trained_on():
@@ -349,7 +362,9 @@ def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_ru
 
     root = Path(__file__).resolve().parents[1]
     results = root / "benchmarks" / "results"
-    assert headline_table(load_runs(results)) + "\n" == (results / "headline.md").read_text()  # rerun --report-only
+    runs = load_runs(results)
+    assert headline_table(runs) + "\n" == (results / "headline.md").read_text()  # rerun --report-only
+    assert summary_json(summarize(runs)) == (results / "summary.json").read_text()
     spec = importlib.util.spec_from_file_location("sync_docs", root / "scripts" / "sync_docs.py")
     sync = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sync)

@@ -38,7 +38,7 @@ _EXPORTS = {
     "BenchmarkProtocol": "protocol", "load_protocol": "protocol", "smoke_version": "protocol",
     "train_config": "protocol", "heads_problem": "protocol", "missing_inputs": "protocol",
     "run_protocol": "runner", "load_runs": "runner", "result_row": "runner", "measure_throughput": "runner",
-    "summarize": "report", "markdown_table": "report", "headline_table": "report",
+    "summarize": "report", "summary_json": "report", "markdown_table": "report", "headline_table": "report",
     "validated_headline_table": "report", "test_validated_headline_table": "report", "CHOSEN": "report", "TTA_SUFFIX": "report",
     "result_tables": "report", "fill_result_tables": "report", "SCORE_LABELS": "report", "TABLE_METRICS": "report",
     "inference_throughput": "timing", "hardware_description": "timing", "interleaved_medians": "timing",

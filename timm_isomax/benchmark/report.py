@@ -1,6 +1,7 @@
 """The benchmark's report: mean and standard deviation over seeds per (head, score), Markdown tables (the full
 per-protocol table, the headline of validation-chosen scores, the oracle), and the tables the README and docs
 quote, refilled from the committed runs."""
+import json
 import re
 import statistics
 from pathlib import Path
@@ -11,7 +12,7 @@ from ..models.classifier import HEAD_TITLES
 from ..ood.detectors import KNN_KS
 from ..ood.metrics import METRIC_NAMES, METRIC_TITLES
 
-__all__ = ["summarize", "markdown_table", "headline_table", "validated_headline_table", "test_validated_headline_table",
+__all__ = ["summarize", "summary_json", "markdown_table", "headline_table", "validated_headline_table", "test_validated_headline_table",
            "result_tables", "fill_result_tables", "CHOSEN", "TTA_SUFFIX", "SCORE_LABELS", "TABLE_METRICS"]
 
 _HEAD_LABELS = {"source": "Source (no fine-tune)", "softmax": "SoftMax", **HEAD_TITLES}
@@ -97,6 +98,31 @@ def summarize(runs: Sequence[Dict]) -> List[Dict]:
             if all("tta" in row for row in rows):  # test-time augmentation: rows of their own, never the baseline
                 summary += _tta_entries(plain, rows, groups, columns)
     return summary
+
+
+# significant digits of the floats in summary.json: 6 keep every metric far below the tables' 0.01 points
+_SUMMARY_DIGITS = 6
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.{_SUMMARY_DIGITS}g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
+def summary_json(summary: Sequence[Dict]) -> str:
+    """``summary`` as the text of summary.json: one row per line, floats to 6 significant digits.
+
+    One row per line keeps a new run's diff to the rows it changed, and the rounding keeps the committed
+    file small (the seed files hold the full values). ``json.loads`` reads it back.
+
+        >>> (output / "summary.json").write_text(summary_json(summarize(load_runs(output))))
+    """
+    return "[\n" + ",\n".join(json.dumps(_rounded(row)) for row in summary) + "\n]\n"
 
 
 def _column_stats(per_run: Sequence[Dict], columns: Sequence[str]) -> Dict[str, Dict[str, Dict[str, float]]]:

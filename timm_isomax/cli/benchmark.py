@@ -15,7 +15,6 @@ tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
 import argparse
 import importlib.resources
 import dataclasses
-import json
 import os
 import sys
 from typing import List
@@ -26,7 +25,8 @@ import datasets
 import timm_isomax  # noqa: F401  (registers <arch>_isomaxplus)
 from timm_isomax.cli._errors import exit_code
 from timm_isomax.benchmark import (TABLE_METRICS, heads_problem, headline_table, load_protocol, load_runs, markdown_table,
-                                   missing_inputs, run_protocol, smoke_version, summarize)
+                                   missing_inputs, run_protocol, smoke_version, summarize,
+                                   summary_json)
 from timm_isomax.ood.plots import plot_benchmark, plots_unavailable
 from timm_isomax.train import HEADS
 
@@ -69,7 +69,7 @@ def _write_report(output: Path, names) -> None:
     # summary.json and the plot cover every protocol with runs in ``output``, the printout those just run
     runs = load_runs(output)
     summary = summarize(runs)
-    (output / "summary.json").write_text(json.dumps(summary, indent=1))
+    (output / "summary.json").write_text(summary_json(summary))
     for name in dict.fromkeys(entry["protocol"] for entry in summary):
         (output / f"{name}.md").write_text(markdown_table(summary, TABLE_METRICS, protocol=name) + "\n")
     (output / HEADLINE_NAME).write_text(headline_table(runs) + "\n")

@@ -357,6 +357,26 @@ def test_a_run_folder_of_other_settings_is_refused(shared_data, tmp_path, monkey
     assert "\n" not in str(error.value)
 
 
+def test_a_protocols_view_is_recorded_relative_to_the_repository_so_its_runs_resume_in_another_clone(
+        shared_data, tmp_path, monkeypatch):
+    from timm_isomax.benchmark.protocol import train_config
+    from timm_isomax.train.state import changed_settings
+
+    monkeypatch.chdir(REPO)
+    protocol = load_protocol(PROTOCOLS / "cifar10_airbench.json")
+    config = train_config(protocol, "isomaxplus", 0, shared_data, tmp_path / "runs", None)
+    view = "benchmarks/views/tinyimagenet32_near.json"
+    assert config.ood_datasets[0] == view and list(config.ood_val_datasets) == [view]
+    # runs recorded before this named the view by its absolute path: the same file, so they still resume
+    earlier = dict(config.to_json(), ood_datasets=[str(REPO / view), *config.ood_datasets[1:]],
+                   ood_val_datasets=[str(REPO / view)], dataset=str(Path(config.dataset).resolve()))
+    assert changed_settings(earlier, config.to_json()) == []
+    other = dict(config.to_json(), dataset=str(shared_data / "mnist"), ood_val_datasets=[str(shared_data / "mnist")])
+    assert changed_settings(earlier, other) == ["dataset", "ood_val_datasets"]
+    # names that are no path here (a hub id) match only themselves
+    assert changed_settings(dict(earlier, dataset="uoft-cs/cifar10"), dict(earlier, dataset="cifar10")) == ["dataset"]
+
+
 def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():
     import importlib.util
 

@@ -126,7 +126,12 @@ VIEWS_FOLDER = Path(__file__).resolve().parents[2] / "benchmarks" / "views"
 
 def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:
     if entry.endswith(".json"):  # a view, kept beside the protocols in a checkout
-        return str(VIEWS_FOLDER / entry) if (VIEWS_FOLDER / entry).is_file() else entry
+        view = VIEWS_FOLDER / entry
+        if not view.is_file():
+            return entry
+        # relative to the folder it runs in (the repository root) where it can be, as the shared data's paths
+        # are: a run's recorded settings then name the same view in another clone (another machine, CI)
+        return str(view.relative_to(Path.cwd().resolve())) if view.is_relative_to(Path.cwd().resolve()) else str(view)
     local = Path(data_root) / entry if data_root is not None else None
     return str(local) if local is not None and local.exists() else entry
 

@@ -42,10 +42,28 @@ RESUMABLE_CHANGES = ("resume", "progress", "workers", "device", "checkpoint_ever
 SETTINGS_NAME = "config.json"
 
 
+# Settings that name files or folders: the same data named by another path (relative instead of absolute, or
+# through a link) trains the same run, so these compare by the place they resolve to where both exist.
+PATH_SETTINGS = ("dataset", "ood_datasets", "ood_val_datasets", "checkpoint")
+
+
+def _same_place(saved: Any, new: Any) -> bool:
+    if isinstance(saved, list) and isinstance(new, list):
+        return len(saved) == len(new) and all(_same_place(a, b) for a, b in zip(saved, new))
+    if saved == new:
+        return True
+    if not (isinstance(saved, str) and isinstance(new, str)):
+        return False
+    # a hub id or pypi: entry never exists as a path here, so it only ever matches itself
+    return Path(saved).exists() and Path(new).exists() and Path(saved).resolve() == Path(new).resolve()
+
+
 def changed_settings(saved: Dict[str, Any], settings: Dict[str, Any]) -> List[str]:
     """The names of the settings (``TrainConfig.to_json()`` form) in which two runs train differently:
-    every one but :data:`RESUMABLE_CHANGES`, sorted."""
-    return sorted(k for k in set(saved) | set(settings) if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
+    every one but :data:`RESUMABLE_CHANGES`, sorted; :data:`PATH_SETTINGS` differ only where they name
+    other places."""
+    return sorted(k for k in set(saved) | set(settings) if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k)
+                  and not (k in PATH_SETTINGS and _same_place(saved.get(k), settings.get(k))))
 
 
 def describe_changes(saved: Dict[str, Any], settings: Dict[str, Any], shown: int = 4,

@@ -377,6 +377,32 @@ def test_a_protocols_view_is_recorded_relative_to_the_repository_so_its_runs_res
     assert changed_settings(dict(earlier, dataset="uoft-cs/cifar10"), dict(earlier, dataset="cifar10")) == ["dataset"]
 
 
+def test_print_commands_spells_every_run_of_every_protocol_as_the_finetune_command_that_trains_it(
+        shared_data, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from timm_isomax.benchmark.protocol import train_config
+    from timm_isomax.cli import benchmark as cli
+    from timm_isomax.train.arguments import settings_from_args
+
+    monkeypatch.chdir(REPO)  # the views are named relative to the repository root, as the shared data is
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    assert cli.main(["--print-commands", "--data-root", str(shared_data), "--runs", str(runs),
+                     "--feature-cache", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    protocols = [load_protocol(path) for path in sorted(PROTOCOLS.glob("*.json"))]
+    expected = [train_config(protocol, head, seed, str(shared_data), runs, cache)
+                for protocol in protocols for seed in protocol.seeds for head in protocol.heads]
+    assert len(lines) == len(expected) and not (tmp_path / "runs").exists()  # nothing ran
+    for line, settings in zip(lines, expected):
+        command = shlex.split(line)
+        assert command[:2] == ["timm-isomax", "finetune"] and settings_from_args(command[2:]) == settings, line
+    airbench = next(line for line in lines if "cifar10_airbench/seed1/dismax" in line)
+    for flag in ("--data-on-device", "--whiten-stem frozen", "--opt lookahead_sgd", "--dismax-fpr", "--head dismax",
+                 "--ood-val-dataset benchmarks/views/tinyimagenet32_near.json", "--seed 1", "--tta flip-translate"):
+        assert f" {flag} " in airbench
+
+
 def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():
     import importlib.util
 

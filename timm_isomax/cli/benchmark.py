@@ -11,11 +11,14 @@ tables (<output>/<protocol>.md, all metrics), summary.json and a plot.
     timm-isomax benchmark cifar10_converge --heads dismax   # only some heads (others may run beside it)
     timm-isomax benchmark --smoke                 # every protocol shrunk to seconds (what the tests run)
     timm-isomax benchmark --report-only           # tables and plot from the saved runs
+    timm-isomax benchmark cifar10_airbench --heads isomaxplus --seeds 0 --print-commands
+                                                  # each run as the `timm-isomax finetune` command it is
 """
 import argparse
 import importlib.resources
 import dataclasses
 import os
+import shlex
 import sys
 from typing import List
 from pathlib import Path
@@ -28,7 +31,9 @@ from timm_isomax.benchmark import (TABLE_METRICS, heads_problem, headline_table,
                                    missing_inputs, run_protocol, smoke_version, summarize,
                                    summary_json)
 from timm_isomax.ood.plots import plot_benchmark, plots_unavailable
+from timm_isomax.benchmark.protocol import train_config
 from timm_isomax.train import HEADS
+from timm_isomax.train.arguments import args_from_settings
 
 # the shipped protocols (benchmarks/protocols/ in the repository, timm_isomax.protocols in the package)
 PROTOCOLS = Path(str(importlib.resources.files("timm_isomax.protocols")))
@@ -58,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--throughput-rounds", type=int, default=5, help="interleaved rounds of the inference timing")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plot from saved runs")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print each (seed, head) run as the `timm-isomax finetune` command that trains it, run nothing")
     return p.parse_args(argv)
 
 
@@ -86,6 +93,17 @@ def main(argv=None) -> int:
     return exit_code(lambda: run(args, paths), interrupted="the same command continues where it stopped.")
 
 
+def _print_commands(args: argparse.Namespace, protocols) -> None:
+    # the benchmark's own settings, spelled as the product's command: one table cell retrained by hand, or a
+    # hub config's finetune_args (timm-isomax reproduce reuses a run folder trained with exactly these)
+    feature_cache = Path(args.feature_cache) if args.feature_cache else None
+    for protocol in protocols:
+        for seed in protocol.seeds:
+            for head in args.heads or protocol.heads:
+                settings = train_config(protocol, head, seed, args.data_root, Path(args.runs), feature_cache)
+                print(shlex.join(["timm-isomax", "finetune", *args_from_settings(settings)]))
+
+
 def run(args: argparse.Namespace, paths: List[Path]) -> None:
     """Run what is missing of the protocols (resuming), then write the report from every committed run."""
     protocols = [load_protocol(path) for path in paths]
@@ -96,6 +114,9 @@ def run(args: argparse.Namespace, paths: List[Path]) -> None:
     output = Path(args.output or (WORKDIR / "outputs" / "benchmark_smoke" if args.smoke else WORKDIR / "benchmarks" / "results"))
     if args.smoke and args.runs == parse_args([]).runs:
         args.runs = str(WORKDIR / "outputs" / "benchmark_smoke_runs")
+    if args.print_commands:
+        _print_commands(args, protocols)
+        return
     if not args.report_only:
         problems = [problem for problem in (heads_problem(protocol, args.heads) for protocol in protocols)
                     if problem] if args.heads else []

@@ -9,7 +9,7 @@ from ..ood.detectors import score_problem
 from ..ood.feature_scores import DEFAULT_BANK_LIMIT
 from .config import HEADS, WHITEN_STEM, TrainConfig
 
-__all__ = ["finetune_parser", "settings_from_args", "offline_default_args", "score_name"]
+__all__ = ["finetune_parser", "settings_from_args", "args_from_settings", "offline_default_args", "score_name"]
 
 
 def score_name(text: str) -> str:
@@ -146,6 +146,43 @@ def settings_from_args(argv: Optional[Sequence[str]] = None, description: Option
     if args.pop("no_aug"):
         args["augmentation"] = "none"
     return TrainConfig(**args)
+
+
+def args_from_settings(config: TrainConfig) -> List[str]:
+    """The ``timm-isomax finetune`` argument list that spells ``config``: the inverse of :func:`settings_from_args`
+    (every setting that differs from the command's default, in the parser's order). A benchmark run becomes a
+    hub config's recipe, or a command a user can run, without writing its flags out by hand.
+
+    Example:
+        >>> args_from_settings(TrainConfig(model="resnet18", dataset="d", output="out", lr=0.05, amp=True))
+        ['--model', 'resnet18', '--dataset', 'd', '--lr', '0.05', '--amp', '--output', 'out']
+    """
+    settings = config.to_json()
+    args: List[str] = []
+    for action in finetune_parser()._actions:
+        if action.dest not in settings or not action.option_strings:
+            continue  # --help, and --no-aug (spelled as --augmentation none)
+        value, flag = settings[action.dest], action.option_strings[0]
+        default = list(action.default) if isinstance(action.default, tuple) else action.default
+        if value == default:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            args.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                args += [flag, str(item)]
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    if settings_from_args(args) != config:  # a setting the command line cannot spell: never a recipe that differs
+        raise ValueError(f"these settings have no finetune command line: {_describe_args_gap(config, args)}")
+    return args
+
+
+def _describe_args_gap(config: TrainConfig, args: List[str]) -> str:
+    spelled = settings_from_args(args).to_json()
+    return ", ".join(f"{key}={value!r}" for key, value in config.to_json().items() if spelled.get(key) != value)
 
 
 def offline_default_args() -> List[str]:

@@ -35,8 +35,13 @@ def _auroc(row, score, ood):
 
 
 @pytest.fixture(scope="module")
-def mnist_smoke(shared_data, tmp_path_factory):
-    return _smoke("mnist", shared_data, tmp_path_factory.mktemp("mnist_smoke"))
+def mnist_smoke_output(tmp_path_factory):
+    return tmp_path_factory.mktemp("mnist_smoke")
+
+
+@pytest.fixture(scope="module")
+def mnist_smoke(shared_data, mnist_smoke_output):
+    return _smoke("mnist", shared_data, mnist_smoke_output)
 
 
 @pytest.mark.slow
@@ -439,6 +444,40 @@ def test_the_gpu_script_stages_the_data_in_two_parts_and_brings_back_the_finishe
     run = json.loads((out / "cifar10_airbench-smoke" / "seed0.json").read_text())
     assert [row["head"] for row in run["rows"]] == ["softmax"] and 0.0 < run["rows"][0]["accuracy"] <= 1.0
     assert "cifar10_airbench-smoke seed 0 softmax: accuracy" in (out / "grid.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_benchmark_run_is_published_by_reproduce_without_retraining(mnist_smoke, mnist_smoke_output, shared_data,
+                                                                      tmp_path, capsys):
+    # issue 30's hub model: the recipe is the benchmark's own command, so its run folders are the seed runs
+    import shutil
+
+    from timm_isomax.benchmark.protocol import train_config
+    from timm_isomax.cli import reproduce
+    from timm_isomax.train.arguments import args_from_settings
+
+    protocol = smoke_version(load_protocol(PROTOCOLS / "mnist.json"))
+    run_folder = mnist_smoke_output / "runs" / protocol.name / "seed0" / "isomaxplus"
+    model = tmp_path / "model"
+    settings = train_config(protocol, "isomaxplus", 0, shared_data, mnist_smoke_output / "runs", None)
+    recipe = args_from_settings(dataclasses.replace(settings, output=str(model)))
+    shutil.copytree(run_folder, tmp_path / "model.seed0")
+    config = json.loads((REPO / "hub_configs" / "resnet10t_isomaxplus.mnist.json").read_text())
+    config.update(source_checkpoint=str(model), finetune_args=recipe, metrics=None, published=None, seeds=[0],
+                  ood_datasets=[dict(name="notmnist", path=str(shared_data / "notmnist"), split="test")],
+                  dataset=dict(config["dataset"], path=str(shared_data / "mnist")), evaluation=dict(limit=200, batch_size=100))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert reproduce.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0 chosen" in out and "timm-isomax finetune" not in out  # measured, not retrained
+    assert json.loads(path.read_text())["metrics"]["seed_choice"]["seed"] == 0
+    assert (model / "model.safetensors").read_bytes() == (run_folder / "model.safetensors").read_bytes()
+    # a recipe other than the run's is refused, not measured onto the card
+    other = dict(config, finetune_args=[*recipe[:-2], "--lr", "0.5", *recipe[-2:]])
+    path.write_text(json.dumps(other))
+    assert reproduce.main([str(path)]) == 2
+    assert "holds another recipe's run" in capsys.readouterr().err
 
 
 def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():

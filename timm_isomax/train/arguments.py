@@ -166,7 +166,7 @@ def args_from_settings(config: TrainConfig) -> List[str]:
         default = list(action.default) if isinstance(action.default, tuple) else action.default
         if value == default:
             continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if action.nargs == 0:  # a switch (store_true / store_false): present means the non-default value
             args.append(flag)
         elif isinstance(action, argparse._AppendAction):
             for item in value:

@@ -13,7 +13,7 @@ from timm_isomax.data import column_values, load_image_dataset
 from timm_isomax.detectors import Scorer, candidate_scores, is_score_name, score_problem
 from timm_isomax.feature_scores import FeatureBank, feature_norm, knn, norm_cosine
 from timm_isomax.metrics import auroc
-from timm_isomax.selection import JigsawImages, choose_score, jigsaw
+from timm_isomax.selection import JigsawImages, choose_score, jigsaw, margin_note
 from timm_isomax.data import load_view
 
 from .conftest import AKAMASTER_RESNET20, prelogit_features
@@ -120,6 +120,31 @@ def test_choose_score_takes_the_best_mean_validation_auroc_and_the_first_of_a_ti
     assert selection.aurocs["a"] == pytest.approx({"jigsaw": 4 / 6, "near": 0.0, "mean": 1 / 3})
     assert selection.aurocs["b"] == pytest.approx({"jigsaw": 1.0, "near": 4 / 6, "mean": 5 / 6})
     assert json.loads(json.dumps(selection.to_json()))["sets"] == ["jigsaw", "near"]
+    # c is b: the runner-up by nothing, which no resample can change; validation cannot tell them apart
+    assert (selection.runner_up, selection.margin, selection.margin_std) == ("c", 0.0, 0.0)
+    record = json.loads(json.dumps(selection.to_json()))
+    assert record["decisive"] is False and "validation cannot tell b from c" in margin_note(record)
+
+
+def test_the_choice_says_whether_validation_can_tell_the_chosen_score_from_the_runner_up(real):
+    # real scores: KNN on a ResNet-20's CIFAR-10 features, CIFAR-10 test images against MNIST
+    bank = FeatureBank(real["train"], real["labels"])
+    id_knn, ood_knn = knn(real["test"], bank, 10), knn(real["mnist"], bank, 10)
+    half = len(ood_knn) // 2
+    sets = {"a": {"knn10": ood_knn[:half], "reversed": -ood_knn[:half]},
+            "b": {"knn10": ood_knn[half:], "reversed": -ood_knn[half:]}}
+    clear = choose_score({"reversed": -id_knn, "knn10": id_knn}, sets)
+    assert clear.chosen == "knn10" and clear.runner_up == "reversed" and clear.margin > 0.8  # AUROC about 0.95 vs 0.05
+    assert 0.0 < clear.margin_std < 0.1 and clear.decisive
+    assert margin_note(clear.to_json()).startswith(f"runner-up reversed by {100 * clear.margin:.2f} +- ")
+    assert "cannot tell" not in margin_note(clear.to_json())
+    # the spread is a paired bootstrap's, seeded: the same scores give the same record; another seed another draw
+    assert choose_score({"reversed": -id_knn, "knn10": id_knn}, sets).to_json() == clear.to_json()
+    other = choose_score({"reversed": -id_knn, "knn10": id_knn}, sets, seed=1).margin_std
+    assert other != clear.margin_std and other == pytest.approx(clear.margin_std, rel=0.5)
+    # one candidate: nothing to tell apart
+    alone = choose_score({"knn10": id_knn}, sets)
+    assert alone.runner_up is None and alone.decisive and margin_note(alone.to_json()) == ""
 
 
 def test_clean_near_view_drops_cifar_classes_and_cuts_disjoint_parts(shared_data):

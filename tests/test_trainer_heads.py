@@ -20,7 +20,7 @@ DIGITS = dict(dataset="sklearn-digits", img_size=32, augmentation="none", worker
 
 
 @pytest.mark.slow
-def test_a_softmax_run_is_a_plain_timm_folder_that_timm_loads_without_timm_isomax(tmp_path):
+def test_a_softmax_run_is_a_plain_timm_folder_that_timm_loads_without_timm_isomax(tmp_path, capsys):
     output = train(TrainConfig(model="resnet10t", from_scratch=True, head="softmax", in_chans=1, epochs=1,
                                ood_datasets=["sklearn-digits"], output=str(tmp_path / "softmax"), **DIGITS))
     config = json.loads((output / "config.json").read_text())
@@ -38,6 +38,13 @@ def test_a_softmax_run_is_a_plain_timm_folder_that_timm_loads_without_timm_isoma
     assert evaluation["chosen_by"] == "validation" and set(selection["aurocs"]) == set(evaluation["metrics"])
     assert evaluation["score"] == max(selection["aurocs"], key=lambda name: selection["aurocs"][name]["mean"])
     assert evaluation["threshold"] is not None
+    # how sure the choice is: the margin over the runner-up, its bootstrap spread, and the log line says it
+    runner_up = selection["runner_up"]
+    assert runner_up != selection["chosen"] and selection["margin"] == pytest.approx(
+        selection["aurocs"][selection["chosen"]]["mean"] - selection["aurocs"][runner_up]["mean"])
+    assert selection["margin"] >= 0 and selection["margin_std"] >= 0
+    assert selection["decisive"] == (selection["margin"] > 2 * selection["margin_std"])
+    assert f"; runner-up {runner_up} by " in capsys.readouterr().out
     probe = ("import sys, timm, torch, safetensors.torch as st\n"
              f"m = timm.create_model('local-dir:{output}', pretrained=True).eval()\n"
              "assert 'timm_isomax' not in sys.modules, 'timm_isomax was imported'\n"

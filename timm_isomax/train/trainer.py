@@ -13,6 +13,7 @@ from ..data import DecodedCache, dataset_for_model, decoded_for_model, load_labe
 from ..hub.folder import WEIGHTS_NAME, output_folder_problem, read_config, save_pretrained
 from ..hub.provenance import DATA_CONFIG_KEYS, recorded_provenance, weights_sha256
 from ..ood.metrics import TPR_LEVEL
+from ..ood.selection import margin_note
 from ..models.classifier import IsoMaxClassifier
 from ..models.whitening import first_conv, whiten_first_conv
 from .batches import DecodedTrainBatches
@@ -411,8 +412,10 @@ def _finish(cfg: TrainConfig, model: nn.Module, head: str, splits, final_sets: F
                                 id_scores=evaluation["id_scores"])
     write_json(output / TRAINING_DIR / EVALUATION_NAME, evaluation)
     chosen = evaluation["selection"]["aurocs"].get(evaluation["score"], {})
+    sureness = margin_note(evaluation["selection"]) if evaluation["chosen_by"] == "validation" else ""
     print(f"OOD score: {evaluation['score']} ({evaluation['chosen_by']}; validation AUROC "
-          + ", ".join(f"{name} {100 * value:.2f}" for name, value in chosen.items()) + ")")
+          + ", ".join(f"{name} {100 * value:.2f}" for name, value in chosen.items()) + (f"; {sureness}" if sureness else "")
+          + ")")
     if evaluation["metrics"] and any(evaluation["metrics"].values()):
         print(f"final evaluation on {evaluation['id_split']} (AUROC %, ID positive): " + ", ".join(
             f"{score} {name} {100 * values['auroc']:.2f}" for score, per_set in evaluation["metrics"].items()

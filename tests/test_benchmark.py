@@ -480,6 +480,18 @@ def test_a_benchmark_run_is_published_by_reproduce_without_retraining(mnist_smok
     assert "holds another recipe's run" in capsys.readouterr().err
 
 
+def test_selection_margins_reads_how_far_each_validated_choice_led_from_the_committed_runs(capsys):
+    import runpy
+
+    runpy.run_path(str(REPO / "scripts" / "selection_margins.py"), run_name="not_main")["main"](
+        ["cifar10_finetune_resnet56"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 4  # header, rule, one line per head
+    # IsoMax+'s choice on ResNet-56 led by hundredths of a point: entropic twice, KNN once (the README quotes it)
+    assert ("| cifar10_finetune_resnet56 | isomaxplus | 0: knn50 > knn10 by 0.02; 1: entropic > mds by 0.16; "
+            "2: entropic > mds by 0.03 |") in lines
+
+
 def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():
     import importlib.util
 

@@ -454,6 +454,28 @@ def test_selection_margins_reads_how_far_each_validated_choice_led_from_the_comm
             "2: entropic > mds by 0.03 |") in lines
 
 
+def test_the_hub_heads_choice_compares_heads_on_the_validation_sets_they_share_and_needs_every_seed(tmp_path):
+    import runpy
+    import shutil
+
+    script = runpy.run_path(str(REPO / "scripts" / "hub_head_choice.py"), run_name="not_main")
+    resnet56 = REPO / "benchmarks" / "results" / "cifar10_finetune_resnet56"
+    aurocs, sets = script["validation_aurocs"](resnet56)
+    # DisMax (trained on mosaics) chose without the puzzles, so the heads meet on the real near half alone
+    assert sets == ["tinyimagenet32_near"] and sorted(aurocs["dismax"]) == [0, 1, 2]
+    seed1 = json.loads((resnet56 / "seed1.json").read_text())
+    isomaxplus = next(row for row in seed1["rows"] if row["head"] == "isomaxplus")
+    assert aurocs["isomaxplus"][1] == isomaxplus["selection"]["aurocs"][isomaxplus["score"]]["tinyimagenet32_near"]
+    assert script["choose_head"](aurocs) == "dismax"  # 87.08 against 86.40 (IsoMax+) and 82.21 (IsoMax)
+    # a head short of a seed is not compared on other data
+    shutil.copytree(resnet56, tmp_path / "partial")
+    seed2 = json.loads((tmp_path / "partial" / "seed2.json").read_text())
+    seed2["rows"] = [row for row in seed2["rows"] if row["head"] != "isomax"]
+    (tmp_path / "partial" / "seed2.json").write_text(json.dumps(seed2))
+    with pytest.raises(ValueError, match="seeds differ or are missing"):
+        script["choose_head"](script["validation_aurocs"](tmp_path / "partial")[0])
+
+
 def test_every_table_the_readme_and_docs_quote_is_the_report_of_the_committed_runs():
     import importlib.util
 

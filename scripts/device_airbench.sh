@@ -63,7 +63,7 @@ stage)
         exit 1
     fi
     mkdir -p "$DATA" && cp -r "$CARRY/$part"/. "$DATA/"
-    ls -R "$DATA" | head -20
+    find "$DATA" -name "*.parquet" | sort
     ;;
 grid)
     if [ ! -f "$DATA/cifar10/train.parquet" ]; then

@@ -51,13 +51,20 @@ def main(argv=None) -> None:
     parser.add_argument("protocol", help="a folder of benchmarks/results, e.g. cifar10_airbench")
     parser.add_argument("--heads", nargs="+", default=list(CANDIDATES), help="candidates, in order of preference")
     args = parser.parse_args(argv)
-    aurocs, sets = validation_aurocs(RESULTS / args.protocol, args.heads)
+    folder = RESULTS / args.protocol
+    if not folder.is_dir():
+        parser.error(f"no results folder {folder}; pass a protocol with committed runs "
+                     f"({', '.join(sorted(p.name for p in RESULTS.iterdir() if p.is_dir()))}).")
+    aurocs, sets = validation_aurocs(folder, args.heads)
     print(f"validation AUROC of each run's chosen score, mean over {', '.join(sets)}:")
     for head, values in aurocs.items():
         shown = ", ".join(f"seed {seed} {100 * value:.2f}" for seed, value in sorted(values.items()))
         mean = f"{100 * statistics.fmean(values.values()):.2f}" if values else "-"
         print(f"{head}: mean {mean} ({shown})")
-    print(f"chosen: {choose_head(aurocs)}")
+    try:
+        print(f"chosen: {choose_head(aurocs)}")
+    except ValueError as error:
+        parser.exit(1, f"hub_head_choice.py: {error}\n")
 
 
 if __name__ == "__main__":

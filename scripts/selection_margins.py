@@ -36,6 +36,9 @@ def main(argv=None) -> None:
     parser.add_argument("protocols", nargs="*", help="protocol names (folders of benchmarks/results); default: all")
     args = parser.parse_args(argv)
     folders = [RESULTS / name for name in args.protocols] or sorted(p for p in RESULTS.iterdir() if p.is_dir())
+    missing = [folder.name for folder in folders if not folder.is_dir()]
+    if missing:
+        parser.error(f"no results folder for {', '.join(missing)} in {RESULTS}; pass protocols with committed runs.")
     print("| protocol | head | seed: chosen > runner-up, margin in AUROC points (+- bootstrap std where recorded) |")
     print("|---|---|---|")
     for folder in folders:

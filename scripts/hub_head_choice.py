@@ -12,9 +12,10 @@ be compared on other data).
     python scripts/hub_head_choice.py cifar10_airbench --heads isomaxplus dismax
 """
 import argparse
-import json
 import statistics
 from pathlib import Path
+
+from timm_isomax.benchmark import load_runs
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CANDIDATES = ("isomaxplus", "isomax", "dismax")  # the IsoMax family, the package's default first
@@ -24,8 +25,7 @@ def validation_aurocs(protocol_folder: Path, heads=CANDIDATES):
     """``({head: {seed: validation AUROC of the run's chosen score}}, sets)``: the AUROC is the mean over ``sets``,
     the OOD validation sets that every candidate run of the protocol's seed files has."""
     rows = {head: {} for head in heads}
-    for path in sorted(protocol_folder.glob("seed*.json")):
-        run = json.loads(path.read_text())
+    for run in load_runs(protocol_folder):
         for row in run["rows"]:
             if row["head"] in rows and row.get("chosen_by") == "validation":
                 rows[row["head"]][run["seed"]] = row
@@ -55,7 +55,10 @@ def main(argv=None) -> None:
     if not folder.is_dir():
         parser.error(f"no results folder {folder}; pass a protocol with committed runs "
                      f"({', '.join(sorted(p.name for p in RESULTS.iterdir() if p.is_dir()))}).")
-    aurocs, sets = validation_aurocs(folder, args.heads)
+    try:
+        aurocs, sets = validation_aurocs(folder, args.heads)
+    except FileNotFoundError as error:  # a results folder without seed files
+        parser.exit(1, f"hub_head_choice.py: {error}\n")
     print(f"validation AUROC of each run's chosen score, mean over {', '.join(sets)}:")
     for head, values in aurocs.items():
         shown = ", ".join(f"seed {seed} {100 * value:.2f}" for seed, value in sorted(values.items()))

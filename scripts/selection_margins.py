@@ -9,25 +9,26 @@ older seed files hold the AUROCs only, so this prints the margin for every run a
     python scripts/selection_margins.py cifar10_finetune_resnet56
 """
 import argparse
-import json
 from pathlib import Path
+
+from timm_isomax.benchmark import load_runs
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def margins(protocol_folder: Path):
-    """``{head: [(seed, chosen, runner_up, margin, margin_std or None), ...]}`` for the validation-chosen runs."""
+def margins(runs):
+    """``{(protocol, head): [(seed, chosen, runner_up, margin, margin_std or None), ...]}`` for the runs' (seed files,
+    as :func:`timm_isomax.benchmark.load_runs` reads them) validation-chosen rows."""
     out = {}
-    for path in sorted(protocol_folder.glob("seed*.json")):
-        run = json.loads(path.read_text())
+    for run in runs:
         for row in run["rows"]:
             selection = row.get("selection")
             if row.get("chosen_by") != "validation" or not selection or len(selection["aurocs"]) < 2:
                 continue
             means = {score: values["mean"] for score, values in selection["aurocs"].items()}
             chosen, runner_up = sorted(means, key=lambda score: -means[score])[:2]
-            out.setdefault(row["head"], []).append((run["seed"], chosen, runner_up, means[chosen] - means[runner_up],
-                                                    selection.get("margin_std")))
+            out.setdefault((run["protocol"]["name"], row["head"]), []).append(
+                (run["seed"], chosen, runner_up, means[chosen] - means[runner_up], selection.get("margin_std")))
     return out
 
 
@@ -35,18 +36,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("protocols", nargs="*", help="protocol names (folders of benchmarks/results); default: all")
     args = parser.parse_args(argv)
-    folders = [RESULTS / name for name in args.protocols] or sorted(p for p in RESULTS.iterdir() if p.is_dir())
-    missing = [folder.name for folder in folders if not folder.is_dir()]
+    missing = [name for name in args.protocols if not (RESULTS / name).is_dir()]
     if missing:
         parser.error(f"no results folder for {', '.join(missing)} in {RESULTS}; pass protocols with committed runs.")
+    # every protocol: the seed files one folder down (load_runs leaves deeper ones, pilots and ablations, out)
+    try:
+        runs = [run for name in args.protocols for run in load_runs(RESULTS / name)] or load_runs(RESULTS)
+    except FileNotFoundError as error:  # a results folder without seed files
+        parser.exit(1, f"selection_margins.py: {error}\n")
     print("| protocol | head | seed: chosen > runner-up, margin in AUROC points (+- bootstrap std where recorded) |")
     print("|---|---|---|")
-    for folder in folders:
-        for head, runs in margins(folder).items():
-            cells = "; ".join(f"{seed}: {chosen} > {runner_up} by {100 * margin:.2f}"
-                              + (f" +- {100 * spread:.2f}" if spread is not None else "")
-                              for seed, chosen, runner_up, margin, spread in runs)
-            print(f"| {folder.name} | {head} | {cells} |")
+    for (protocol, head), choices in margins(runs).items():
+        cells = "; ".join(f"{seed}: {chosen} > {runner_up} by {100 * margin:.2f}"
+                          + (f" +- {100 * spread:.2f}" if spread is not None else "")
+                          for seed, chosen, runner_up, margin, spread in choices)
+        print(f"| {protocol} | {head} | {cells} |")
 
 
 if __name__ == "__main__":

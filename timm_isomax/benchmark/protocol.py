@@ -131,7 +131,8 @@ def _dataset_path(entry: str, data_root: Optional[Union[str, Path]]) -> str:
             return entry
         # relative to the folder it runs in (the repository root) where it can be, as the shared data's paths
         # are: a run's recorded settings then name the same view in another clone (another machine, CI)
-        return str(view.relative_to(Path.cwd().resolve())) if view.is_relative_to(Path.cwd().resolve()) else str(view)
+        here = Path.cwd().resolve()
+        return str(view.relative_to(here)) if view.is_relative_to(here) else str(view)
     local = Path(data_root) / entry if data_root is not None else None
     return str(local) if local is not None and local.exists() else entry
 

@@ -44,6 +44,35 @@ def test_the_cache_round_trips_bit_exactly_to_the_decoded_images_of_the_same_row
     assert DecodedCache(str(tmp_path)).get(cifar.val, "image", "label", "RGB", (24, 24))[0].shape == (64, 3, 24, 24)
 
 
+def test_a_fresh_copy_of_the_same_data_reads_the_cache_and_other_rows_do_not(shared_data, tmp_path):
+    # datasets' own fingerprint follows the file's modification time: every session's fresh copy of the data missed
+    # the cache and decoded again (issue 30's grid wrote a new 154 MB entry per run start)
+    import os
+    import shutil
+
+    from timm_isomax.data import content_fingerprint, load_image_dataset
+
+    full = []
+    for name, mtime in (("first", 1_000_000_000), ("second", 1_500_000_000)):
+        (tmp_path / name).mkdir()
+        shutil.copy(shared_data / "mnist" / "test.parquet", tmp_path / name / "test.parquet")
+        os.utime(tmp_path / name / "test.parquet", (mtime, mtime))
+        full.append(load_image_dataset(str(tmp_path / name), split="test"))
+    copies = [rows.select(range(96)) for rows in full]
+    assert copies[0]._fingerprint != copies[1]._fingerprint  # what the cache was keyed by before
+    cache_folder = str(tmp_path / "cache")
+    first, second = DecodedCache(cache_folder), DecodedCache(cache_folder)
+    images, labels = first.get(copies[0], "image", "label", "L", (28, 28))
+    again, again_labels = second.get(copies[1], "image", "label", "L", (28, 28))
+    assert (first.decoded, second.loaded) == (1, 1) and torch.equal(images, again) and torch.equal(labels, again_labels)
+    # other rows, the same rows in another order, or one changed label: another key, never the cached pixels
+    relabelled = copies[0].map(lambda row, i: {"label": (row["label"] + 1) % 10 if i == 5 else row["label"]},
+                               with_indices=True)
+    others = [full[0].select(range(1, 97)), copies[0].select([1, 0, *range(2, 96)]), relabelled]
+    assert len({content_fingerprint(rows) for rows in [copies[0], *others]}) == 4
+    assert content_fingerprint(copies[1]) == content_fingerprint(copies[0])
+
+
 def test_batched_crops_and_flips_are_torchvisions_pad_crop_and_hflip(cifar):
     pictures = [convert_image(cifar.val[i]["image"], "RGB") for i in range(6)]
     batch = torch.stack([TF.pil_to_tensor(p) for p in pictures])  # uint8

@@ -16,6 +16,7 @@ _EXPORTS = {
     "find_columns": "columns", "select_classes": "columns", "check_labels": "columns", "column_values": "columns",
     "class_count": "columns",
     "convert_image": "images", "undecodable_rows": "images", "image_digests": "images",
+    "content_fingerprint": "images",
     "drop_undecodable_images": "images", "ImageDataset": "images", "materialize": "images",
     "model_in_chans": "transforms", "model_data_config": "transforms", "model_transform": "transforms",
     "dataset_for_model": "transforms", "pad_crop_flip_transform": "transforms", "AUGMENTATIONS": "transforms",

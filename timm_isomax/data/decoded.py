@@ -1,7 +1,7 @@
 """Images decoded once: a split's pixels as one uint8 tensor (N, C, H, W) at the model's input size, kept in memory
 and, given a folder, on disk between runs, so that an epoch indexes a tensor instead of decoding every JPEG again.
 
-A cache file is keyed by what the pixels depend on: the rows (their ``datasets`` fingerprint and count), the
+A cache file is keyed by what the pixels depend on: the rows (a digest of their content and their count), the
 image column, the PIL mode, the size and the resize interpolation; other rows or another size give another file,
 never stale pixels. :class:`DecodedImages` normalises batches with the model's data config on their own device.
 """
@@ -16,7 +16,7 @@ from PIL import Image
 
 from .._io import cached_tensors, content_key
 from .columns import find_columns
-from .images import convert_image
+from .images import content_fingerprint, convert_image
 from .transforms import model_data_config
 
 __all__ = ["DecodedImages", "DecodedCache", "decode_rows", "decoded_for_model"]
@@ -122,7 +122,7 @@ class DecodedCache:
 
     @staticmethod
     def key(rows: datasets.Dataset, image_column: str, mode: str, size: Sequence[int], interpolation: str) -> str:
-        description = dict(kind="decoded images", data=getattr(rows, "_fingerprint", None) or repr(rows), rows=len(rows),
+        description = dict(kind="decoded images", data=content_fingerprint(rows), rows=len(rows),
                            column=image_column, mode=mode, size=list(size), interpolation=interpolation)
         return content_key(description)
 

@@ -2,18 +2,20 @@
 head-only epoch costs a pass of the head over a tensor instead of a forward pass of the network.
 
 A cache file is keyed by everything the features depend on: the backbone's weights (a hash of its
-tensors), the preprocessing (the transform's description), and the dataset rows (their ``datasets``
-fingerprint and count). Other weights, another image size or other rows give another key, never stale
-features.
+tensors), the preprocessing (the transform's description), and the dataset rows (a digest of their content,
+:func:`timm_isomax.data.content_fingerprint`, and their count). Other weights, another image size or other
+rows give another key, never stale features; a copy of the same data finds the same entries.
 """
 import hashlib
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+import datasets
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.images import content_fingerprint
 from ..ood.detectors import model_parts
 from ..models.inference import amp_dtype
 from .._io import cached_tensors, content_key
@@ -87,7 +89,7 @@ class FeatureCache:
         rows = getattr(dataset, "dataset", None)
         description = dict(backbone=self.fingerprint, amp=self.amp, transform=repr(getattr(dataset, "transform", None)),
                            mode=getattr(dataset, "mode", None), rows=len(dataset),
-                           data=getattr(rows, "_fingerprint", None) or repr(rows))
+                           data=content_fingerprint(rows) if isinstance(rows, datasets.Dataset) else repr(rows))
         return content_key(description)
 
     def get(self, dataset, name: str, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:

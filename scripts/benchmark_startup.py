@@ -6,6 +6,8 @@
     python scripts/benchmark_startup.py --rounds 30
 """
 import argparse
+import fcntl
+import hashlib
 import os
 import shutil
 import statistics
@@ -23,9 +25,14 @@ def build_wheel(out: Path) -> Path:
 
     setuptools stages the package in the checkout's ``build/`` (git-ignored) and never empties it: a module that
     was moved or deleted since the last build would ship in the wheel. So the staging folder goes first."""
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w",
-                    str(out)], check=True, capture_output=True, text=True)
+    # one build at a time per checkout: two test workers building at once emptied each other's build/ (pytest -n 2
+    # without --dist loadfile splits one test file's wheel fixture over both)
+    lock = Path(tempfile.gettempdir()) / f"timm_isomax_wheel_{hashlib.sha1(str(ROOT).encode()).hexdigest()[:12]}.lock"
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
+                        "-w", str(out)], check=True, capture_output=True, text=True)
     return next(out.glob("timm_isomax-*.whl"))
 
 

@@ -71,6 +71,7 @@ def test_a_fresh_copy_of_the_same_data_reads_the_cache_and_other_rows_do_not(sha
     others = [full[0].select(range(1, 97)), copies[0].select([1, 0, *range(2, 96)]), relabelled]
     assert len({content_fingerprint(rows) for rows in [copies[0], *others]}) == 4
     assert content_fingerprint(copies[1]) == content_fingerprint(copies[0])
+    assert content_fingerprint(copies[0].with_format("torch")) == content_fingerprint(copies[0])  # values, not reprs
 
 
 def test_batched_crops_and_flips_are_torchvisions_pad_crop_and_hflip(cifar):

@@ -146,7 +146,7 @@ def content_fingerprint(dataset: datasets.Dataset) -> str:
         '4c1d...'
     """
     image_columns = sorted(name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image))
-    raw = dataset
+    raw = dataset.with_format(None)  # plain Python values: a torch or numpy format would print tensors in short
     for name in image_columns:
         raw = raw.cast_column(name, datasets.Image(decode=False))
     digest = hashlib.sha256(json.dumps([len(dataset), sorted(dataset.column_names), image_columns]).encode())

@@ -132,8 +132,9 @@ class DecodedCache:
             images, labels = decode_rows(rows, image_column, label_column, mode, size, interpolation)
             return {"images": images, "labels": labels}
 
-        key = self.key(rows, image_column, mode, size, interpolation)
-        path = self.folder / f"images-{key}.safetensors" if self.folder else None
+        # the key reads every encoded image (content_fingerprint): only a cache on disk needs it
+        path = (self.folder / f"images-{self.key(rows, image_column, mode, size, interpolation)}.safetensors"
+                if self.folder else None)
         tensors, loaded = cached_tensors(path, decode, metadata={"rows": str(len(rows))})
         self.loaded, self.decoded = self.loaded + loaded, self.decoded + (not loaded)
         return tensors["images"], tensors["labels"]
